@@ -1,0 +1,21 @@
+"""Error types whose messages tell the user what to do next.
+
+The library raises these; the CLI prints the message and exits with status 2, the app shows it
+as a ``gr.Error``. Anything else reaching the user is a bug.
+"""
+
+
+class LipSyncError(Exception):
+    """Base class: the message is meant for the user, as is."""
+
+
+class InputError(LipSyncError):
+    """An input file or option that cannot be used (not a video, no audio, empty, corrupt...)."""
+
+
+class NoFaceError(LipSyncError):
+    """No usable face where one is required."""
+
+
+class WeightsError(LipSyncError):
+    """A checkpoint that cannot be found, downloaded, verified or loaded."""

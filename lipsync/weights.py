@@ -1,0 +1,209 @@
+"""The only module that knows where weights come from.
+
+A model name resolves to a local file in this order:
+1. an explicit path (CLI flag / argument), or ``LIPSYNC_<NAME>_PATH``;
+2. ``$LIPSYNC_WEIGHTS_DIR/<canonical file name>`` (no Hub access at all);
+3. a download from the Hugging Face Hub (cached by ``huggingface_hub``, honours ``HF_HUB_OFFLINE``),
+   repo/file/revision overridable with ``LIPSYNC_<NAME>_REPO`` / ``_FILE`` / ``_REVISION``.
+
+Every file used has its SHA-256 logged; where a hash is known it is checked. Checkpoints are
+loaded with ``torch.load(weights_only=True)``, so a file cannot run code on load.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import pickle
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import torch
+
+from lipsync.errors import WeightsError
+
+log = logging.getLogger(__name__)
+
+WEIGHTS_DIR_ENV = "LIPSYNC_WEIGHTS_DIR"
+
+
+@dataclass(frozen=True)
+class WeightSpec:
+    name: str
+    file_name: str  # canonical name inside LIPSYNC_WEIGHTS_DIR
+    repo_id: str
+    filename: str  # path inside the Hub repo
+    revision: str = "main"
+    sha256: str | None = None  # full digest, enforced
+    sha256_prefix: str | None = None  # torch.hub-style partial digest: a mismatch only warns
+
+
+# The original files live on Google Drive / SharePoint / university servers; these are public Hub
+# mirrors of the same files. Their commit hashes could not be read from here, so revisions default
+# to "main" and can be pinned with LIPSYNC_<NAME>_REVISION.
+REGISTRY: dict[str, WeightSpec] = {
+    spec.name: spec
+    for spec in (
+        WeightSpec("wav2lip_gan", "wav2lip_gan.pth", "camenduru/Wav2Lip", "checkpoints/wav2lip_gan.pth"),
+        WeightSpec("wav2lip", "wav2lip.pth", "numz/wav2lip_studio", "Wav2lip/wav2lip.pth"),
+        # originally published as s3fd-619a316812.pth: torch.hub names carry the first 10 hex digits
+        # of the file's SHA-256
+        WeightSpec("s3fd", "s3fd.pth", "camenduru/Wav2Lip", "face_detection/detection/sfd/s3fd.pth",
+                   sha256_prefix="619a316812"),
+        WeightSpec("syncnet_v2", "syncnet_v2.model", "lithiumice/syncnet", "syncnet_v2.model"),
+        WeightSpec("sfd_face", "sfd_face.pth", "lithiumice/syncnet", "sfd_face.pth"),
+    )
+}
+
+_hash_cache: dict[tuple[str, int, int], str] = {}
+
+
+def spec_for(name: str) -> WeightSpec:
+    """The registry entry for ``name`` with any ``LIPSYNC_<NAME>_REPO/_FILE/_REVISION`` overrides."""
+    try:
+        spec = REGISTRY[name]
+    except KeyError:
+        raise WeightsError(f"unknown model '{name}'; available: {', '.join(REGISTRY)}") from None
+    prefix = f"LIPSYNC_{name.upper()}_"
+    overrides = {
+        field: os.environ[prefix + env]
+        for field, env in (("repo_id", "REPO"), ("filename", "FILE"), ("revision", "REVISION"))
+        if os.environ.get(prefix + env)
+    }
+    return replace(spec, **overrides) if overrides else spec
+
+
+def sha256_of(path: Path) -> str:
+    stat = path.stat()
+    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+    if key not in _hash_cache:
+        digest = hashlib.sha256()
+        with open(path, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(block)
+        _hash_cache[key] = digest.hexdigest()
+    return _hash_cache[key]
+
+
+def _how_to_provide(spec: WeightSpec) -> str:
+    return (
+        f"put '{spec.file_name}' (from the Hub repo '{spec.repo_id}', file '{spec.filename}') in a folder "
+        f"and set {WEIGHTS_DIR_ENV}=that/folder, or set LIPSYNC_{spec.name.upper()}_PATH=/path/to/the/file"
+    )
+
+
+def _download(spec: WeightSpec) -> Path:
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+
+    try:
+        return Path(hf_hub_download(repo_id=spec.repo_id, filename=spec.filename, revision=spec.revision))
+    except (HfHubHTTPError, LocalEntryNotFoundError, OSError, ValueError) as exc:
+        raise WeightsError(
+            f"could not get the {spec.name} weights from the Hugging Face Hub ({exc.__class__.__name__}); "
+            + _how_to_provide(spec)
+        ) from exc
+
+
+def verify(path: Path, spec: WeightSpec | None) -> str:
+    """Log the file's SHA-256 and check it where the registry knows it. Returns the digest."""
+    digest = sha256_of(path)
+    label = spec.name if spec else path.name
+    log.info("weights %s: %s sha256=%s", label, path, digest)
+    if spec and spec.sha256 and digest != spec.sha256:
+        raise WeightsError(
+            f"{path} does not match the known {spec.name} weights (sha256 {digest}, expected {spec.sha256}); "
+            "delete it so it is downloaded again, or " + _how_to_provide(spec)
+        )
+    if spec and spec.sha256_prefix and not digest.startswith(spec.sha256_prefix):
+        log.warning(
+            "WARNING: %s sha256 %s does not start with %s, the digest the original %s file name carries; "
+            "using it anyway (the Hub mirror could not be checked offline)",
+            path, digest, spec.sha256_prefix, spec.name,
+        )
+    return digest
+
+
+def resolve(name_or_path: str | os.PathLike, *, weights_dir: str | os.PathLike | None = None) -> Path:
+    """Local file for a registry name or an explicit path (see module docstring for the order)."""
+    if str(name_or_path) not in REGISTRY:
+        path = Path(name_or_path).expanduser()
+        if not path.is_file():
+            raise WeightsError(
+                f"checkpoint file '{path}' does not exist; pass a file path or one of: {', '.join(REGISTRY)}"
+            )
+        verify(path, None)
+        return path
+    spec = spec_for(str(name_or_path))
+    explicit = os.environ.get(f"LIPSYNC_{spec.name.upper()}_PATH")
+    folder = weights_dir or os.environ.get(WEIGHTS_DIR_ENV)
+    if explicit:
+        path = Path(explicit).expanduser()
+        if not path.is_file():
+            raise WeightsError(f"LIPSYNC_{spec.name.upper()}_PATH points to '{path}', which does not exist")
+    elif folder:
+        path = Path(folder).expanduser() / spec.file_name
+        if not path.is_file():
+            raise WeightsError(
+                f"'{spec.file_name}' is missing from {WEIGHTS_DIR_ENV}={folder}: " + _how_to_provide(spec)
+            )
+    else:
+        path = _download(spec)
+    verify(path, spec)
+    return path
+
+
+def strip_prefix(state_dict: Mapping[str, torch.Tensor], prefix: str = "module.") -> dict[str, torch.Tensor]:
+    """Drop a DataParallel-style prefix from every key that has it."""
+    return {(k[len(prefix):] if k.startswith(prefix) else k): v for k, v in state_dict.items()}
+
+
+def load_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    """Read a checkpoint safely; unwrap ``{"state_dict": ...}`` and strip ``module.``."""
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, OSError, EOFError, ValueError) as exc:
+        # weights_only refuses anything but tensors/containers with UnpicklingError; torch reports a
+        # truncated zip archive as RuntimeError
+        raise WeightsError(f"cannot read checkpoint '{path}' ({exc.__class__.__name__}: {str(exc)[:200]}); "
+                           "is the file complete? delete it and download it again") from exc
+    if isinstance(obj, Mapping) and "state_dict" in obj and isinstance(obj["state_dict"], Mapping):
+        obj = obj["state_dict"]
+    if not isinstance(obj, Mapping) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise WeightsError(f"'{path}' is not a state dict of tensors")
+    return strip_prefix(obj)
+
+
+def check_state_dict(model: torch.nn.Module, state_dict: Mapping[str, torch.Tensor], *,
+                     label: str, optional_suffixes: tuple[str, ...] = ()) -> None:
+    """Raise WeightsError naming the first missing/unexpected key or shape mismatch.
+
+    Keys ending with one of ``optional_suffixes`` may be absent from the file.
+    """
+    expected = model.state_dict()
+    for key, tensor in expected.items():
+        if key not in state_dict:
+            if key.endswith(optional_suffixes):
+                continue
+            raise WeightsError(f"{label}: checkpoint lacks '{key}' — is this the right file for {label}?")
+        if tuple(state_dict[key].shape) != tuple(tensor.shape):
+            raise WeightsError(f"{label}: '{key}' has shape {tuple(state_dict[key].shape)} in the checkpoint, "
+                               f"the model expects {tuple(tensor.shape)} — is this the right file for {label}?")
+    for key in state_dict:
+        if key not in expected:
+            raise WeightsError(f"{label}: unexpected key '{key}' in the checkpoint — is this the right file "
+                               f"for {label}?")
+
+
+def load_model(model: torch.nn.Module, name_or_path: str | os.PathLike, *, label: str | None = None,
+               weights_dir: str | os.PathLike | None = None,
+               optional_suffixes: tuple[str, ...] = ()) -> torch.nn.Module:
+    """Resolve, verify, check and load weights into ``model`` (eval mode); returns the model."""
+    path = resolve(name_or_path, weights_dir=weights_dir)
+    sd = load_state_dict(path)
+    label = label or str(name_or_path)
+    check_state_dict(model, sd, label=label, optional_suffixes=optional_suffixes)
+    model.load_state_dict(sd, strict=not optional_suffixes)
+    return model.eval()

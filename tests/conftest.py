@@ -1,0 +1,85 @@
+"""Shared fixtures: generated full-size weights, real speech, a real face and a short clip."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests import weightgen
+
+DATA = Path(__file__).parent / "data"
+
+
+@pytest.fixture(scope="session")
+def weights_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """All five checkpoints, full size, in the real layouts; also exported as LIPSYNC_WEIGHTS_DIR.
+
+    Set LIPSYNC_TEST_WEIGHTS=/some/dir to keep them between test sessions.
+    """
+    folder = Path(os.environ.get("LIPSYNC_TEST_WEIGHTS") or tmp_path_factory.mktemp("weights"))
+    weightgen.write_all(folder)
+    os.environ["LIPSYNC_WEIGHTS_DIR"] = str(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def golden():
+    def load(name: str) -> dict[str, np.ndarray]:
+        with np.load(DATA / "golden" / f"{name}.npz") as data:
+            return dict(data)
+
+    return load
+
+
+def speak(text: str, path: Path) -> Path:
+    """Real speech from espeak-ng (22050 Hz mono WAV)."""
+    espeak = shutil.which("espeak-ng")
+    if espeak is None:
+        raise RuntimeError("espeak-ng is not installed: run `bash tests/install.sh` (Debian package espeak-ng)")
+    subprocess.run([espeak, "-s", "150", "-w", str(path), text], check=True, capture_output=True)
+    return path
+
+
+@pytest.fixture(scope="session")
+def speech_wav(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return speak("Hello there, this is a lip sync test.", tmp_path_factory.mktemp("speech") / "speech.wav")
+
+
+@pytest.fixture(scope="session")
+def face_image_bgr() -> np.ndarray:
+    from skimage import data
+
+    return np.ascontiguousarray(data.astronaut()[..., ::-1])
+
+
+def make_face_clip(path: Path, face_bgr: np.ndarray, audio_path: Path | None, *, seconds: float = 2.0,
+                   size: tuple[int, int] = (320, 240), fps: Fraction = Fraction(25)) -> Path:
+    """The astronaut's face drifting slowly on a grey canvas, with the given audio."""
+    import cv2
+
+    from lipsync.media import VideoWriter, load_audio
+
+    width, height = size
+    face = cv2.resize(face_bgr[20:300, 130:380], (140, 156), interpolation=cv2.INTER_AREA)
+    audio = load_audio(audio_path, sample_rate=None, mono=False) if audio_path else None
+    n = int(round(seconds * fps))
+    with VideoWriter(path, width, height, fps, audio=audio[0] if audio else None,
+                     audio_rate=audio[1] if audio else None) as writer:
+        for i in range(n):
+            canvas = np.full((height, width, 3), 128, np.uint8)
+            x = 60 + int(20 * np.sin(i / 10))
+            y = 40 + int(10 * np.cos(i / 13))
+            canvas[y:y + face.shape[0], x:x + face.shape[1]] = face
+            writer.write(canvas)
+    return path
+
+
+@pytest.fixture(scope="session")
+def face_clip(tmp_path_factory, face_image_bgr, speech_wav) -> Path:
+    return make_face_clip(tmp_path_factory.mktemp("clip") / "face clip.mp4", face_image_bgr, speech_wav)
