@@ -1,0 +1,140 @@
+"""Batched face detection on BGR frames with either S3FD checkpoint.
+
+``variant="s3fd"`` reproduces Wav2Lip (``face_detection.api.FaceAlignment.get_detections_for_batch``
+without its "take the first box" step); ``variant="sfd_face"`` reproduces syncnet_python's
+``S3FD.detect_faces(image, conf_th=0.9, scales=[scale])`` as run_pipeline.py calls it.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from typing import Literal
+
+import cv2
+import numpy as np
+import torch
+
+from face_detection.postprocess import s3fd_detections, sfd_face_detections, ssd_priors
+from face_detection.s3fd import S3FD
+from face_detection.sfd_face import SFDFace
+
+log = logging.getLogger(__name__)
+
+Variant = Literal["s3fd", "sfd_face"]
+
+# Both nets see RGB. Wav2Lip flips BGR->RGB and then subtracts the (BGR) training means in RGB
+# order; syncnet_python subtracts them in BGR order and then flips, so its R channel gets 123.
+MEAN_RGB = {"s3fd": (104.0, 117.0, 123.0), "sfd_face": (123.0, 117.0, 104.0)}
+# inference.py --face_det_batch_size
+DEFAULT_BATCH_SIZE = 16
+# On CPU a batch is capped by pixels, not frames: the first VGG block holds two 64-channel float32
+# maps of the whole batch (peak measured at ~0.5 KB per input pixel), so 4 Mpx (four 720p frames)
+# stays near 2 GB; larger batches are not faster on CPU.
+CPU_BATCH_PIXELS = 4 * 1024 * 1024
+
+
+def _check_keys(net: torch.nn.Module, state_dict: Mapping[str, torch.Tensor], variant: str) -> None:
+    """Raise ValueError naming the first missing/unexpected/mis-shaped key (before load_state_dict's wall of text)."""
+    expected = net.state_dict()
+    missing = [k for k in expected if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in expected]
+    if missing or unexpected:
+        hint = ""
+        other = "sfd_face" if variant == "s3fd" else "s3fd"
+        if ("vgg.0.weight" if other == "sfd_face" else "conv1_1.weight") in state_dict:
+            hint = f" (this looks like a {other} checkpoint: use variant='{other}')"
+        first = f"missing key '{missing[0]}'" if missing else f"unexpected key '{unexpected[0]}'"
+        raise ValueError(f"{variant} checkpoint does not fit: {first}; {len(missing)} missing, "
+                         f"{len(unexpected)} unexpected{hint}")
+    for key, value in expected.items():
+        if tuple(state_dict[key].shape) != tuple(value.shape):
+            raise ValueError(f"{variant} checkpoint does not fit: '{key}' has shape {tuple(state_dict[key].shape)}, "
+                             f"expected {tuple(value.shape)}")
+
+
+class FaceDetector:
+    """S3FD face detector over batches of same-size BGR frames.
+
+    ``state_dict``: the checkpoint's tensors (``s3fd.pth`` for ``"s3fd"``, ``sfd_face.pth`` for
+    ``"sfd_face"``), already loaded, without any ``module.`` prefix.
+    """
+
+    def __init__(self, state_dict: Mapping[str, torch.Tensor], *, variant: Variant = "s3fd",
+                 device: str | torch.device = "cpu", batch_size: int = DEFAULT_BATCH_SIZE) -> None:
+        if variant not in MEAN_RGB:
+            raise ValueError(f"unknown detector variant '{variant}'; available: {', '.join(MEAN_RGB)}")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        net: torch.nn.Module = S3FD() if variant == "s3fd" else SFDFace()
+        _check_keys(net, state_dict, variant)
+        net.load_state_dict(state_dict, strict=True)
+        self.variant: Variant = variant
+        self.device = torch.device(device)
+        self.net = net.eval().to(self.device)
+        self.batch_size = batch_size
+        self._mean = torch.tensor(MEAN_RGB[variant], dtype=torch.float32, device=self.device)
+
+    def detect(self, frames: Sequence[np.ndarray] | np.ndarray, *, scale: float = 1.0,
+               batch_size: int | None = None) -> list[np.ndarray]:
+        """Faces per frame: (n, 5) float32 [x1, y1, x2, y2, score] in the frames' own pixels, best first.
+
+        ``frames``: BGR uint8 (H, W, 3) frames of one size, or a (B, H, W, 3) array. ``scale`` != 1
+        resizes them (cv2 INTER_LINEAR) before the net; boxes are mapped back to the full frames.
+        ``batch_size`` overrides the detector's for this call.
+        """
+        if len(frames) == 0:
+            return []
+        if not scale > 0:
+            raise ValueError(f"scale must be positive, got {scale}")
+        shape = frames[0].shape
+        if len(shape) != 3 or shape[2] != 3 or any(f.shape != shape for f in frames):
+            raise ValueError(f"frames must be (H, W, 3) BGR images of one size; got {shape} and others")
+        height, width = shape[:2]
+        if scale != 1.0:
+            frames = [cv2.resize(np.ascontiguousarray(f), (0, 0), fx=scale, fy=scale, interpolation=cv2.INTER_LINEAR)
+                      for f in frames]
+        net_h, net_w = frames[0].shape[:2]
+        if net_h < 1 or net_w < 1:
+            raise ValueError(f"scale {scale} leaves nothing of a {width}x{height} frame")
+
+        size = batch_size or self.batch_size
+        if self.device.type == "cpu":
+            size = max(1, min(size, CPU_BATCH_PIXELS // (net_h * net_w)))
+        results: list[np.ndarray] = []
+        start = 0
+        while start < len(frames):
+            try:
+                results += self._detect_batch(frames[start:start + size], (height, width))
+            except torch.OutOfMemoryError:
+                if size == 1:
+                    raise
+                size //= 2
+                self.batch_size = min(self.batch_size, size)
+                log.warning("out of memory in face detection; retrying with batch size %d", size)
+                if self.device.type == "cuda":
+                    torch.cuda.empty_cache()
+                continue
+            start += size
+        return results
+
+    @torch.inference_mode()
+    def _detect_batch(self, frames: Sequence[np.ndarray] | np.ndarray, frame_hw: tuple[int, int]) -> list[np.ndarray]:
+        batch = torch.from_numpy(np.ascontiguousarray(frames if isinstance(frames, np.ndarray) else np.stack(frames)))
+        # uint8 travels to the device; BGR->RGB, float, mean; NHWC permuted to NCHW (channels-last strides)
+        x = (batch.to(self.device).flip(-1).float() - self._mean).permute(0, 3, 1, 2)
+        height, width = frame_hw
+        net_h, net_w = x.shape[2:]
+        if self.variant == "s3fd":
+            heads = [h.float().cpu().numpy() for h in self.net(x)]
+            dets = s3fd_detections(heads)
+            if (net_h, net_w) != (height, width):
+                factor = np.array([width / net_w, height / net_h] * 2, dtype=np.float32)
+                for d in dets:
+                    d[:, :4] *= factor
+            return dets
+        out = self.net(x)
+        priors = ssd_priors((net_h, net_w), out.feature_hw)
+        # normalised boxes times the original frame size, as the reference maps them back
+        return sfd_face_detections(out.loc.float().cpu().numpy(), out.conf.float().cpu().numpy(), priors,
+                                   (width, height))
