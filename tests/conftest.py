@@ -66,16 +66,19 @@ def make_face_clip(path: Path, face_bgr: np.ndarray, audio_path: Path | None, *,
     from lipsync.media import VideoWriter, load_audio
 
     width, height = size
-    face = cv2.resize(face_bgr[20:300, 130:380], (140, 156), interpolation=cv2.INTER_AREA)
+    # a 140x156 face on 320x240, scaled down for smaller canvases
+    k = min(1.0, width / 320, height / 240)
+    fw, fh = max(1, round(140 * k)), max(1, round(156 * k))
+    face = cv2.resize(face_bgr[20:300, 130:380], (fw, fh), interpolation=cv2.INTER_AREA)
     audio = load_audio(audio_path, sample_rate=None, mono=False) if audio_path else None
     n = int(round(seconds * fps))
     with VideoWriter(path, width, height, fps, audio=audio[0] if audio else None,
                      audio_rate=audio[1] if audio else None) as writer:
         for i in range(n):
             canvas = np.full((height, width, 3), 128, np.uint8)
-            x = 60 + int(20 * np.sin(i / 10))
-            y = 40 + int(10 * np.cos(i / 13))
-            canvas[y:y + face.shape[0], x:x + face.shape[1]] = face
+            x = round(k * (60 + 20 * np.sin(i / 10)))
+            y = round(k * (40 + 10 * np.cos(i / 13)))
+            canvas[y:y + fh, x:x + fw] = face[:height - y, :width - x]
             writer.write(canvas)
     return path
 

@@ -1,0 +1,136 @@
+"""From per-frame detections to one face box per frame (pure functions, no files, no models).
+
+Detections come as ``{frame_index: (n, 5) [x1, y1, x2, y2, score]}`` for the frames the detector saw
+(every frame in the "original" preset, key frames in the fast one). The result is a ``(m, 4)`` float
+array of x1, y1, x2, y2 with NaN rows where there is no face.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Mapping
+
+import numpy as np
+
+from face_detection.boxes import choose_face, fill_gaps, nan_runs, pad_boxes, smooth_boxes
+from face_detection.detector import FaceDetector, Variant
+from face_detection.tracking import iou
+from lipsync import weights
+from lipsync.errors import WeightsError
+
+# Below this overlap with the previous frame's box, a detection is taken to be another face (or the
+# face has jumped, e.g. at a cut), and the face is chosen again by the user's rule.
+SAME_FACE_IOU = 0.3
+# Wav2Lip's inference.py smooths boxes with a forward window of 5 frames.
+SMOOTH_WINDOW = 5
+
+
+def load_detector(name_or_path: str | os.PathLike, variant: Variant, *, device: str = "cpu",
+                  weights_dir: str | os.PathLike | None = None) -> FaceDetector:
+    """An S3FD detector from a registry name or file (``s3fd`` for lip sync, ``sfd_face`` for scoring)."""
+    path = weights.resolve(name_or_path, weights_dir=weights_dir)
+    try:
+        return FaceDetector(weights.load_state_dict(path), variant=variant, device=device)
+    except ValueError as exc:  # face_detection reports a checkpoint that does not fit the net this way
+        raise WeightsError(f"{path.name}: {exc}") from exc
+
+
+def key_frames(n_frames: int, every: int) -> list[int]:
+    """Frames the fast preset runs the detector on: every k-th, and always the last."""
+    keys = list(range(0, n_frames, every))
+    if n_frames and keys[-1] != n_frames - 1:
+        keys.append(n_frames - 1)
+    return keys
+
+
+def needs_refinement(before: np.ndarray, after: np.ndarray) -> bool:
+    """Whether the frames between two key frames must be detected too.
+
+    They must when a face appears or disappears between them, or when no face of one key frame
+    overlaps a face of the other by IoU 0.5 (it moved too far for a straight-line interpolation).
+    """
+    if len(before) == 0 or len(after) == 0:
+        return len(before) != len(after)
+    best = max(iou(a[:4], b[:4]) for a in before for b in after)
+    return best < 0.5
+
+
+def select_face(dets: Mapping[int, np.ndarray], n_frames: int, *, face_index: int = 0,
+                face_point: tuple[float, float] | None = None, top_score: bool = False) -> np.ndarray:
+    """One box per detected frame (NaN where none), following the chosen face through the video.
+
+    The first frame with faces picks the face (``top_score``: the detector's best, as inference.py;
+    otherwise by ``face_point`` or the ``face_index``-th largest). Later frames keep the detection
+    overlapping the previous box most, and choose again by the same rule when none overlaps.
+    """
+    boxes = np.full((n_frames, 4), np.nan)
+    previous: np.ndarray | None = None
+    for i in sorted(dets):
+        found = np.asarray(dets[i], dtype=np.float64).reshape(-1, 5)
+        if len(found) == 0:
+            continue
+        box = None
+        if top_score and face_point is None:
+            box = found[0, :4]
+        else:
+            if previous is not None:
+                overlaps = np.array([iou(previous, d[:4]) for d in found])
+                if overlaps.max() >= SAME_FACE_IOU:
+                    box = found[int(overlaps.argmax()), :4]
+            if box is None:
+                box = choose_face(found, index=face_index, point=face_point)
+        if box is None:  # face_index larger than the number of faces here
+            continue
+        boxes[i] = box
+        previous = np.asarray(box, dtype=np.float64)
+    return boxes
+
+
+def interpolate_undetected(boxes: np.ndarray, detected: Iterable[int]) -> np.ndarray:
+    """Fill frames the detector did not look at by interpolating between the detected frames around them.
+
+    Only where both neighbouring detected frames have a face; elsewhere the rows stay NaN.
+    """
+    out = boxes.copy()
+    seen = np.array(sorted(detected), dtype=int)
+    if len(seen) < 2:
+        return out
+    for a, b in zip(seen[:-1], seen[1:], strict=True):
+        if b - a < 2 or np.isnan(boxes[a, 0]) or np.isnan(boxes[b, 0]):
+            continue
+        t = (np.arange(a + 1, b) - a)[:, None] / (b - a)
+        out[a + 1:b] = boxes[a] * (1 - t) + boxes[b] * t
+    return out
+
+
+def finalize_boxes(boxes: np.ndarray, *, pads: tuple[int, int, int, int], frame_hw: tuple[int, int],
+                   max_gap: int, smooth: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Bridge short gaps, pad, clamp and smooth, as inference.py does per face run.
+
+    Returns ``(boxes (m, 4) int x1 y1 x2 y2, found (m,) bool)``; rows where ``found`` is False are 0.
+    """
+    filled, found = fill_gaps(boxes, max_gap)
+    out = np.zeros((len(boxes), 4), dtype=np.int64)
+    if not found.any():
+        return out, found
+    # inference.py pads the detector's integer rects and smooths the padded rects
+    rects = np.zeros((len(boxes), 4), dtype=np.int64)
+    rects[found] = pad_boxes(np.floor(np.maximum(filled[found], 0)).astype(np.int64), pads, frame_hw)
+    for first, last in nan_runs(~found):  # runs of frames WITH a face
+        run = rects[first:last + 1]
+        out[first:last + 1] = smooth_boxes(run, SMOOTH_WINDOW) if smooth else run
+    usable = (out[:, 2] > out[:, 0]) & (out[:, 3] > out[:, 1])
+    return out, found & usable
+
+
+def frame_ranges(mask: np.ndarray) -> list[tuple[int, int]]:
+    """Inclusive (first, last) ranges of frames where ``mask`` is True."""
+    return nan_runs(~np.asarray(mask, dtype=bool))
+
+
+def describe_ranges(ranges: list[tuple[int, int]], fps: float, limit: int = 5) -> str:
+    """'frames 120-180 (4.8-7.2 s), frames 300-301 (12.0-12.0 s)' (at most ``limit``, then '... and N more')."""
+    parts = [f"frames {a}-{b} ({a / fps:.1f}-{(b + 1) / fps:.1f} s)" for a, b in ranges[:limit]]
+    if len(ranges) > limit:
+        parts.append(f"and {len(ranges) - limit} more")
+    return ", ".join(parts)

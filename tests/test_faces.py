@@ -1,0 +1,103 @@
+import numpy as np
+import pytest
+
+from lipsync import faces
+from lipsync.options import LipSyncOptions
+from lipsync.pipeline import source_index, transform_frame
+
+
+def det(*boxes):
+    return np.array([[*b, s] for *b, s in boxes], np.float32).reshape(-1, 5)
+
+
+def test_key_frames_include_last():
+    assert faces.key_frames(11, 5) == [0, 5, 10]
+    assert faces.key_frames(12, 5) == [0, 5, 10, 11]
+    assert faces.key_frames(1, 5) == [0]
+
+
+def test_refinement_when_face_appears_or_jumps():
+    a = det((10, 10, 50, 50, 0.9))
+    assert not faces.needs_refinement(a, a + np.array([2, 2, 2, 2, 0], np.float32))
+    assert faces.needs_refinement(a, det())
+    assert faces.needs_refinement(a, det((200, 10, 240, 50, 0.9)))
+    assert not faces.needs_refinement(det(), det())
+
+
+def test_select_face_follows_chosen_face_across_size_swap():
+    # two faces: A (left) starts larger, B (right) grows past it; index 0 picks A and keeps following it
+    dets = {}
+    for i in range(10):
+        a = (10 + i, 10, 60 + i, 60, 0.9)
+        b = (200, 10, 200 + 30 + 6 * i, 40 + 6 * i, 0.95)
+        dets[i] = det(b, a)
+    boxes = faces.select_face(dets, 10, face_index=0)
+    assert np.allclose(boxes[:, 0], 10 + np.arange(10))
+    second = faces.select_face(dets, 10, face_index=1)
+    assert np.allclose(second[:, 0], 200)
+    near = faces.select_face(dets, 10, face_point=(210, 20))
+    assert np.allclose(near[:, 0], 200)
+    top = faces.select_face(dets, 10, top_score=True)  # inference.py: the detector's best box each frame
+    assert np.allclose(top[:, 0], 200)
+
+
+def test_select_face_leaves_faceless_frames_nan():
+    boxes = faces.select_face({0: det((1, 2, 30, 40, 0.9)), 1: det(), 3: det((1, 2, 30, 40, 0.9))}, 5)
+    assert np.isnan(boxes[[1, 2, 4], 0]).all() and not np.isnan(boxes[[0, 3], 0]).any()
+
+
+def test_interpolate_undetected_only_between_faces():
+    boxes = np.full((11, 4), np.nan)
+    boxes[0] = [0, 0, 10, 10]
+    boxes[5] = [10, 0, 20, 10]
+    out = faces.interpolate_undetected(boxes, [0, 5, 10])  # frame 10 was detected: no face
+    assert np.allclose(out[1:5, 0], [2, 4, 6, 8])
+    assert np.isnan(out[6:, 0]).all()
+
+
+def test_finalize_pads_smooths_and_reports_gaps():
+    boxes = np.full((40, 4), np.nan)
+    boxes[:10] = [20, 20, 60, 60]
+    boxes[13:20] = [20, 20, 60, 60]  # 3-frame gap: bridged
+    boxes[30:] = [20, 20, 60, 60]  # 10-frame gap with max_gap 5: kept
+    out, found = faces.finalize_boxes(boxes, pads=(0, 10, 0, 0), frame_hw=(100, 100), max_gap=5, smooth=True)
+    assert faces.frame_ranges(~found) == [(20, 29)]
+    assert (out[found] == [20, 20, 60, 70]).all()
+    clamped, _ = faces.finalize_boxes(np.array([[0.0, 80, 50, 95]]), pads=(0, 10, 0, 0), frame_hw=(100, 100),
+                                      max_gap=0, smooth=False)
+    assert clamped.tolist() == [[0, 80, 50, 100]]
+
+
+def test_describe_ranges():
+    text = faces.describe_ranges([(120, 180), (300, 301)], 25.0)
+    assert text == "frames 120-180 (4.8-7.2 s), frames 300-301 (12.0-12.1 s)"
+    assert faces.describe_ranges([(i, i) for i in range(0, 20, 2)], 25.0, limit=2).endswith("and 8 more")
+
+
+def test_source_index_loops():
+    assert [source_index(i, 4, "forward") for i in range(9)] == [0, 1, 2, 3, 0, 1, 2, 3, 0]
+    assert [source_index(i, 4, "pingpong") for i in range(9)] == [0, 1, 2, 3, 2, 1, 0, 1, 2]
+    assert [source_index(i, 1, "pingpong") for i in range(3)] == [0, 0, 0]
+
+
+def test_transform_frame_resize_rotate_crop():
+    frame = np.arange(40 * 60 * 3, dtype=np.uint32).reshape(40, 60, 3).astype(np.uint8)
+    out = transform_frame(frame, LipSyncOptions(resize_factor=2, rotate=True, crop=(5, -1, 0, 10)))
+    assert out.shape == (25, 10, 3)  # 20x30 after resize, 30x20 after rotation, rows 5: cols :10
+
+
+def test_options_are_validated():
+    from lipsync.errors import InputError
+
+    with pytest.raises(InputError, match="box"):
+        LipSyncOptions(box=(10, 5, 0, 10))
+    with pytest.raises(InputError, match="loop"):
+        LipSyncOptions(loop="backwards")
+    assert LipSyncOptions(pads=[1, 2, 3, 4]).pads == (1, 2, 3, 4)
+
+
+def test_wrong_detector_checkpoint_is_a_weights_error(weights_dir):
+    from lipsync.errors import WeightsError
+
+    with pytest.raises(WeightsError, match=r"sfd_face.pth: s3fd checkpoint does not fit.*variant='sfd_face'"):
+        faces.load_detector(weights_dir / "sfd_face.pth", "s3fd")

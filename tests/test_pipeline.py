@@ -1,0 +1,268 @@
+"""End to end: a real face (astronaut) with real speech (espeak-ng) and generated full-size weights."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import tempfile
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+
+from lipsync.errors import InputError, NoFaceError
+from lipsync.media import iter_frames, load_audio, probe
+from lipsync.options import LipSyncOptions
+from lipsync.pipeline import LipSync
+from tests.conftest import make_face_clip
+
+# Where tests/conftest.py's clip keeps the face: x in 40..220, y in 30..206 over the whole clip.
+CLIP_BOX = (30, 206, 40, 220)  # top, bottom, left, right
+
+
+class CanvasDetector:
+    """Stands in for S3FD (random weights find nothing): the box of non-grey pixels on the grey canvas."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def detect(self, frames, scale: float = 1.0):
+        out = []
+        for frame in frames:
+            self.calls += 1
+            mask = np.abs(frame.astype(int) - 128).sum(axis=2) > 12
+            ys, xs = np.nonzero(mask)
+            if len(xs) < 50:
+                out.append(np.zeros((0, 5), np.float32))
+                continue
+            out.append(np.array([[xs.min(), ys.min(), xs.max() + 1, ys.max() + 1, 0.99]], np.float32))
+        return out
+
+
+@pytest.fixture(scope="module")
+def engine(weights_dir):
+    return LipSync(weights_dir=weights_dir)
+
+
+@pytest.fixture
+def planted(engine, monkeypatch):
+    fake = CanvasDetector()
+    monkeypatch.setattr(engine, "detector", lambda: fake)
+    return fake
+
+
+@pytest.fixture(autouse=True)
+def private_tmp(tmp_path, monkeypatch):
+    """A private temp folder (for this process and the CLI's) and detection cache, to check for leftovers."""
+    monkeypatch.setenv("LIPSYNC_CACHE_DIR", str(tmp_path / "cache"))
+    folder = tmp_path / "tmp"
+    folder.mkdir()
+    monkeypatch.setenv("TMPDIR", str(folder))
+    monkeypatch.setattr(tempfile, "tempdir", str(folder))
+    return folder
+
+
+def streams(path: Path) -> dict:
+    with av.open(str(path)) as c:
+        v, a = c.streams.video[0], c.streams.audio[0]
+        return {"vcodec": v.codec_context.name, "pix_fmt": v.codec_context.pix_fmt, "acodec": a.codec_context.name,
+                "size": (v.codec_context.width, v.codec_context.height), "rate": v.average_rate,
+                "duration": float(c.duration / av.time_base)}
+
+
+def leftovers() -> list[str]:
+    return [p.name for p in Path(tempfile.gettempdir()).iterdir()]
+
+
+def test_real_face_with_speech_mp4(engine, planted, face_clip, speech_wav, tmp_path):
+    out = tmp_path / "out.mp4"
+    result = engine.run(face_clip, speech_wav, out)
+    assert leftovers() == []
+    s = streams(out)
+    assert (s["vcodec"], s["pix_fmt"], s["acodec"]) == ("h264", "yuv420p", "aac")
+    assert s["size"] == (320, 240) and s["rate"] == 25
+    audio_seconds = len(load_audio(speech_wav, sample_rate=16000)[0]) / 16000
+    assert abs(result.duration - audio_seconds) <= 1 / 25 + 1e-6
+    assert abs(s["duration"] - audio_seconds) < 0.1
+    assert result.no_face_ranges == []
+    assert planted.calls > 0
+    assert {"detect", "generate", "paste", "encode", "decode"} <= set(result.timings)
+
+    src = list(iter_frames(face_clip))
+    dst = list(iter_frames(out))
+    assert len(dst) == result.n_frames
+    changed_mouth, outside = [], []
+    for i in range(min(len(src), len(dst))):
+        a, b = src[i].astype(int), dst[i].astype(int)
+        (x1, y1, x2, y2, _), = CanvasDetector().detect([src[i]])[0]
+        x1, y1, x2, y2 = int(x1), int(y1), int(x2), int(y2)
+        mask = np.ones(a.shape[:2], bool)
+        mask[max(0, y1 - 4):y2 + 14, max(0, x1 - 4):x2 + 4] = False  # box + pads + codec bleed
+        outside.append(np.abs(a - b)[mask].mean())
+        mouth = (slice(y1 + (y2 - y1) * 2 // 3, y2), slice(x1 + (x2 - x1) // 4, x2 - (x2 - x1) // 4))
+        changed_mouth.append(np.abs(a[mouth] - b[mouth]).mean())
+    assert max(outside) < 2.0, "pixels outside the face box changed beyond codec noise"
+    assert min(changed_mouth) > 5.0, "the mouth region was not regenerated"
+
+
+def test_mkv_is_lossless_outside_the_box(engine, face_clip, speech_wav, tmp_path):
+    out = tmp_path / "out.mkv"
+    top, bottom, left, right = CLIP_BOX
+    result = engine.run(face_clip, speech_wav, out, LipSyncOptions(box=CLIP_BOX))
+    s = streams(out)
+    assert s["vcodec"] == "ffv1" and s["acodec"] in ("flac", "pcm_s16le")
+    src = next(iter_frames(face_clip))
+    dst = next(iter_frames(out))
+    outside = np.ones(src.shape[:2], bool)
+    outside[top:bottom, left:right] = False
+    assert np.array_equal(src[outside], dst[outside])
+    assert result.n_frames == len(list(iter_frames(out)))
+
+
+def test_still_image_and_pingpong(engine, face_image_bgr, speech_wav, tmp_path):
+    import cv2
+
+    image = tmp_path / "face.png"
+    cv2.imwrite(str(image), face_image_bgr)
+    out = tmp_path / "still.mp4"
+    result = engine.run(image, speech_wav, out, LipSyncOptions(box=(60, 300, 150, 360), fps=30))
+    assert streams(out)["rate"] == 30 and streams(out)["size"] == (512, 512)
+    assert result.n_frames == len(list(iter_frames(out)))
+
+
+def test_audio_longer_than_video_loops(engine, planted, face_image_bgr, speech_wav, tmp_path):
+    short = make_face_clip(tmp_path / "short.mp4", face_image_bgr, None, seconds=0.6)
+    for loop in ("forward", "pingpong"):
+        out = tmp_path / f"{loop}.mp4"
+        result = engine.run(short, speech_wav, out, LipSyncOptions(loop=loop))
+        assert result.n_frames > 15 and result.no_face_ranges == []
+        assert len(list(iter_frames(out))) == result.n_frames
+
+
+def test_fractional_rate_kept_exactly(engine, face_image_bgr, speech_wav, tmp_path):
+    clip = make_face_clip(tmp_path / "ntsc.mp4", face_image_bgr, None, seconds=1.0, fps=Fraction(30000, 1001))
+    out = tmp_path / "ntsc_out.mp4"
+    engine.run(clip, speech_wav, out, LipSyncOptions(box=CLIP_BOX))
+    assert streams(out)["rate"] == Fraction(30000, 1001)
+
+
+def test_detections_are_cached(engine, planted, face_clip, speech_wav, tmp_path):
+    engine.run(face_clip, speech_wav, tmp_path / "a.mp4")
+    calls = planted.calls
+    engine.run(face_clip, speech_wav, tmp_path / "b.mp4")
+    assert planted.calls == calls
+
+
+def test_no_face_frames_pass_through_and_strict_stops(engine, planted, face_image_bgr, speech_wav, tmp_path):
+    import cv2
+
+    clip = tmp_path / "gap.mp4"
+    grey = np.full((240, 320, 3), 128, np.uint8)
+    face = cv2.resize(face_image_bgr[20:300, 130:380], (140, 156))
+    from lipsync.media import VideoWriter
+
+    with VideoWriter(clip, 320, 240, Fraction(25)) as w:
+        for i in range(50):
+            frame = grey.copy()
+            if not 20 <= i < 40:  # 20 faceless frames: more than max_gap 10
+                frame[40:196, 60:200] = face
+            w.write(frame)
+    result = engine.run(clip, speech_wav, tmp_path / "gap_out.mp4", LipSyncOptions(max_gap=10))
+    assert result.no_face_ranges and result.no_face_ranges[0][0] in range(18, 22)
+    assert "left unchanged" in result.message
+    with pytest.raises(NoFaceError, match=r"frames 2\d-\d\d .*strict"):
+        engine.run(clip, speech_wav, tmp_path / "strict.mp4", LipSyncOptions(max_gap=10, strict=True))
+    assert not (tmp_path / "strict.mp4").exists()
+
+
+def test_no_face_anywhere_is_a_clear_error(engine, planted, speech_wav, tmp_path):
+    from lipsync.media import VideoWriter
+
+    clip = tmp_path / "empty.mp4"
+    with VideoWriter(clip, 64, 48, Fraction(25)) as w:
+        for _ in range(10):
+            w.write(np.full((48, 64, 3), 128, np.uint8))  # the canvas grey: no face
+    with pytest.raises(NoFaceError, match="No face found in any of the 10 frames"):
+        engine.run(clip, speech_wav, tmp_path / "x.mp4")
+    assert not (tmp_path / "x.mp4").exists()
+
+
+def run_cli(*args: str | Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "lipsync", *map(str, args)], capture_output=True, text=True,
+                          timeout=300)
+
+
+def test_cli_bad_inputs_exit_2_without_traceback(weights_dir, face_clip, speech_wav, tmp_path):
+    text = tmp_path / "notes.mp4"
+    text.write_text("just some text")
+    silent_video = make_face_clip(tmp_path / "mute.mp4", np.full((300, 400, 3), 200, np.uint8), None, seconds=0.5)
+    empty = tmp_path / "empty.wav"
+    import soundfile
+
+    soundfile.write(empty, np.zeros(0, np.float32), 16000)
+    image = tmp_path / "pic.png"
+    import cv2
+
+    cv2.imwrite(str(image), np.zeros((20, 20, 3), np.uint8))
+    cases = [(text, speech_wav), (face_clip, silent_video), (face_clip, empty), (face_clip, image),
+             (face_clip, tmp_path / "missing.wav")]
+    for face, audio in cases:
+        out = tmp_path / "o.mp4"
+        proc = run_cli(face, audio, "-o", out, "--box", *map(str, CLIP_BOX))
+        assert proc.returncode == 2, (face, audio, proc.stderr)
+        assert "Traceback" not in proc.stderr and "\nerror: " in "\n" + proc.stderr, proc.stderr
+        assert not out.exists()
+    assert leftovers() == []
+
+
+def test_cli_odd_sizes_spaces_and_sample_rates(weights_dir, face_image_bgr, tmp_path):
+    import soundfile
+
+    weird = tmp_path / "dir with spaces; $(echo no) & 'quotes'"
+    weird.mkdir()
+    t = np.arange(int(1.0 * 48000)) / 48000
+    tone = 0.3 * np.sin(2 * np.pi * 220 * t)
+    for rate in (8000, 44100, 48000):
+        n = int(rate * 1.0)
+        soundfile.write(weird / f"a{rate}.wav", np.stack([tone[:n], tone[:n]], 1).astype(np.float32), rate)
+    tiny = make_face_clip(weird / "one.mp4", face_image_bgr, None, seconds=0.2, size=(1, 1))
+    odd = make_face_clip(weird / "odd.mp4", face_image_bgr, None, seconds=0.4, size=(321, 241))
+    proc = run_cli(tiny, weird / "a8000.wav", "-o", weird / "t.mp4", "--box", "0", "1", "0", "1")
+    assert proc.returncode == 0, proc.stderr
+    assert (probe(weird / "t.mp4").width, probe(weird / "t.mp4").height) in ((1, 1), (2, 2))
+    for rate in (8000, 44100, 48000):
+        out = weird / f"odd {rate}.mp4"
+        proc = run_cli(odd, weird / f"a{rate}.wav", "-o", out, "--box", "30", "200", "40", "220")
+        assert proc.returncode == 0, proc.stderr
+        info = probe(out)
+        assert (info.width, info.height) in ((321, 241), (322, 242))
+        assert info.has_audio
+
+
+def test_parallel_runs_do_not_share_files(weights_dir, face_clip, speech_wav, tmp_path):
+    outs = [tmp_path / f"p{i}.mp4" for i in range(2)]
+    procs = [subprocess.Popen([sys.executable, "-m", "lipsync", str(face_clip), str(speech_wav), "-o", str(o),
+                               "--box", *map(str, CLIP_BOX), "-q"], stderr=subprocess.PIPE, text=True)
+             for o in outs]
+    for p in procs:
+        assert p.wait(timeout=300) == 0, p.stderr.read()
+    assert all(probe(o).has_audio for o in outs)
+
+
+def test_rotated_phone_video_is_upright(engine, face_image_bgr, speech_wav, tmp_path):
+    clip = make_face_clip(tmp_path / "flat.mp4", face_image_bgr, None, seconds=0.4, size=(320, 240))
+    rotated = tmp_path / "rotated.mp4"
+    subprocess.run(["ffmpeg", "-v", "error", "-y", "-i", str(clip), "-c", "copy", "-metadata:s:v", "rotate=90",
+                    str(rotated)], check=True)
+    info = probe(rotated)
+    assert (info.width, info.height) == (240, 320)
+    out = tmp_path / "rot_out.mp4"
+    engine.run(rotated, speech_wav, out, LipSyncOptions(box=(10, 300, 10, 230)))
+    assert streams(out)["size"] == (240, 320)
+
+
+def test_options_reach_errors(engine, face_clip, speech_wav, tmp_path):
+    with pytest.raises(InputError, match="crop"):
+        engine.run(face_clip, speech_wav, tmp_path / "c.mp4", LipSyncOptions(crop=(500, -1, 0, -1), box=CLIP_BOX))
