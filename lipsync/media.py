@@ -364,6 +364,25 @@ def _timed_frames(container: InputContainer, stream: VideoStream,
         index += 1
 
 
+def count_frames(path: str | Path) -> int:
+    """Exact number of frames ``iter_frames`` yields without ``fps``, by demuxing (no decoding).
+
+    A header's count is absent (Matroska/WebM) or an estimate from the duration; the pipeline needs
+    the true count to loop a video past its end.
+    """
+    path = _require_file(path)
+    if path.suffix.lower() in IMAGE_SUFFIXES and _read_image(path) is not None:
+        return 1
+    with _open(path, _not_visual(path)) as container:
+        stream = _video_stream(container)
+        if stream is None:
+            raise InputError(_not_visual(path))
+        try:
+            return sum(1 for packet in container.demux(stream) if packet.size)
+        except av.FFmpegError as exc:
+            raise InputError(f"{path.name} is damaged ({exc.strerror}): re-export it or upload it again") from exc
+
+
 def iter_frames(path: str | Path, *, fps: Fraction | int | float | None = None) -> Iterator[np.ndarray]:
     """Yield the frames of a video (or the one frame of an image) as upright BGR uint8 arrays.
 

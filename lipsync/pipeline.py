@@ -30,7 +30,7 @@ from lipsync import detcache, faces, weights
 from lipsync.audio import mel_chunks, melspectrogram
 from lipsync.compose import paste
 from lipsync.errors import InputError, NoFaceError
-from lipsync.media import MediaInfo, VideoWriter, iter_frames, load_audio, probe
+from lipsync.media import MediaInfo, VideoWriter, count_frames, iter_frames, load_audio, probe
 from lipsync.model import generate, load_wav2lip
 from lipsync.options import LipSyncOptions
 
@@ -267,10 +267,7 @@ class LipSync:
 
         first = transform_frame(next(iter_frames(face)), options)
         frame_hw = first.shape[:2]
-        n_in = 1 if static else (info.n_frames or 0)
-        if not static:
-            # the header's frame count can be off; count while detecting only when needed
-            n_in = self._count_frames(face) if n_in <= 0 else n_in
+        n_in = 1 if static else count_frames(face)
         n_used = min(n_in, n_out)
         boxes, found = self._boxes(face, info, 1 if static else n_used, options, frame_hw, watch)
         if not found.any():
@@ -313,9 +310,6 @@ class LipSync:
             log.warning(message)
         return LipSyncResult(output=output, n_frames=n_out, fps=fps, duration=n_out / fps, width=w, height=h,
                              no_face_ranges=ranges, timings=dict(watch.totals), message=message)
-
-    def _count_frames(self, face: Path) -> int:
-        return sum(1 for _ in iter_frames(face))
 
     def _frame_source(self, face: Path, options: LipSyncOptions, static: bool, first: np.ndarray, n_used: int,
                       n_out: int, tmp: Path, watch: _Stopwatch) -> Iterator[np.ndarray]:

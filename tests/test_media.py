@@ -521,3 +521,16 @@ def test_image_used_as_audio(tmp_path):
     disguised.write_bytes(photo.read_bytes())
     with pytest.raises(InputError, match="is an image"):
         load_audio(disguised)
+
+
+def test_count_frames_is_exact_without_a_header_count(tmp_path):
+    from fractions import Fraction
+
+    from lipsync.media import VideoWriter, count_frames, iter_frames
+
+    for name in ("c.mkv", "c.mp4"):
+        path = tmp_path / name
+        with VideoWriter(path, 32, 24, Fraction(30000, 1001)) as w:
+            for i in range(37):
+                w.write(np.full((24, 32, 3), i * 5, np.uint8))
+        assert count_frames(path) == len(list(iter_frames(path))) == 37
