@@ -1,0 +1,110 @@
+"""``python -m syncnet VIDEO [VIDEO ...]``: LSE-D / LSE-C / AV offset per face track and per video."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from lipsync.errors import LipSyncError
+
+if TYPE_CHECKING:
+    from syncnet.evaluate import VideoResult
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from syncnet.evaluate import MODES, EvalOptions
+
+    d = EvalOptions()
+    p = argparse.ArgumentParser(prog="python -m syncnet", description=(
+        "Score lip sync with SyncNet as syncnet_python does: LSE-D (lower is better), LSE-C (higher is "
+        "better) and the audio-video offset in frames at 25 fps (positive: the audio leads)."))
+    p.add_argument("videos", type=Path, nargs="+", metavar="VIDEO", help="video files with speech")
+    p.add_argument("--json", action="store_true", help="print machine-readable results (one JSON list)")
+    p.add_argument("--mode", choices=MODES, default=d.mode,
+                   help="tracks: detect and track faces, as run_pipeline.py (default); whole-frame: the frames "
+                        "are already face crops, as the LRS2 script")
+    p.add_argument("--min-track", type=int, default=d.min_track,
+                   help=f"shots need at least, face tracks more than this many frames (default {d.min_track}, "
+                        "the reference's; lower it for clips under 4 s)")
+    p.add_argument("--min-face-size", type=float, default=d.min_face_size,
+                   help=f"mean face box side in pixels a track must exceed (default {d.min_face_size:g})")
+    p.add_argument("--detect-every", type=int, default=d.detect_every, metavar="K",
+                   help="detect faces on every K-th frame and interpolate the boxes (default 1 = the "
+                        "reference; 5 makes detection, the slowest stage, 5x faster)")
+    p.add_argument("--no-jpeg-roundtrip", action="store_true",
+                   help="score the decoded frames directly instead of through JPEG as the reference does")
+    p.add_argument("--batch-size", type=int, default=d.batch_size, help="SyncNet windows per forward pass")
+    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    p.add_argument("--syncnet", default="syncnet_v2", metavar="PATH", help="SyncNet checkpoint (syncnet_v2.model)")
+    p.add_argument("--detector", default="sfd_face", metavar="PATH", help="face detector checkpoint (sfd_face.pth)")
+    p.add_argument("--weights-dir", type=Path,
+                   help="folder with the checkpoints (else $LIPSYNC_WEIGHTS_DIR or the Hub)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    return p
+
+
+def format_table(results: list[VideoResult]) -> str:
+    """A short plain-text table: one line per track, then the video's means when it has several."""
+    lines = [f"{'video':<28} {'track':>5} {'frames':>11} {'LSE-D':>7} {'LSE-C':>7} {'offset':>6}"]
+    for result in results:
+        name = result.path.name
+        label = name if len(name) <= 28 else "..." + name[-25:]
+        for i, t in enumerate(result.tracks):
+            frames = f"{t.first_frame}-{t.last_frame}"
+            lines.append(f"{label:<28} {i:>5} {frames:>11} {t.lse_d:>7.3f} {t.lse_c:>7.3f} {t.offset:>+6d}")
+        if len(result.tracks) > 1:
+            lines.append(f"{label:<28} {'mean':>5} {'':>11} {result.lse_d:>7.3f} {result.lse_c:>7.3f} "
+                         f"{result.offset:>+6.1f}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(levelname)s %(message)s")
+    # model loading and weight hashes are routine; keep the console for notes about the videos
+    logging.getLogger("lipsync.weights").setLevel(logging.WARNING)
+    try:
+        from syncnet.evaluate import EvalOptions, SyncNetEvaluator
+
+        options = EvalOptions(mode=args.mode, min_track=args.min_track, min_face_size=args.min_face_size,
+                              detect_every=args.detect_every, jpeg_roundtrip=not args.no_jpeg_roundtrip,
+                              batch_size=args.batch_size)
+        evaluator = SyncNetEvaluator(args.weights_dir, args.device, syncnet=args.syncnet, detector=args.detector)
+    except LipSyncError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    results: list[VideoResult] = []
+    records: list[dict[str, object]] = []  # --json: results and errors in the order given
+    for video in args.videos:
+        try:
+            result = evaluator.evaluate(video, options, progress=not args.quiet)
+        except LipSyncError as exc:
+            print(f"error: {video}: {exc}", file=sys.stderr)
+            records.append({"path": str(video), "error": str(exc)})
+            continue
+        except KeyboardInterrupt:
+            print("interrupted", file=sys.stderr)
+            return 130
+        results.append(result)
+        records.append(result.to_dict())
+        for note in result.messages:
+            print(f"note: {video.name}: {note}", file=sys.stderr)
+    if args.json:
+        print(json.dumps(records, indent=2, default=_json_default))
+    elif results:
+        print(format_table(results))
+    return 2 if len(results) < len(args.videos) else 0
+
+
+def _json_default(value: object) -> object:
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"cannot serialise {type(value).__name__}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
