@@ -1,0 +1,711 @@
+"""The Space: a Gradio UI over the lip-sync engine (``lipsync``) and the SyncNet evaluator (``syncnet``).
+
+This is the only file that imports gradio. Handlers (``lipsync``, ``evaluate``) are plain functions of
+their inputs: the UI, the named API endpoints ``/lipsync`` and ``/evaluate`` and the tests all call the
+same code. Importing this module loads and downloads nothing: models load once, on first use, and are
+shared by every request of the process; weights are fetched in a background thread when the app is
+built, and the page shows their status.
+
+Run: ``python app.py [--host HOST] [--port PORT] [--share] [--mcp]``. Environment: see ``Settings``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import inspect
+import logging
+import math
+import os
+import re
+import shutil
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, ClassVar
+
+import av
+import gradio as gr
+import pandas as pd
+import torch
+from gradio.utils import get_upload_folder
+
+from lipsync import weights
+from lipsync.errors import InputError, LipSyncError
+from lipsync.media import MediaInfo, probe
+from lipsync.options import LipSyncOptions
+from lipsync.pipeline import LipSync, LipSyncResult
+from syncnet.evaluate import MIN_TRACK, EvalOptions, SyncNetEvaluator, VideoResult
+
+try:  # Hugging Face ZeroGPU hardware: GPU work must run inside functions wrapped by spaces.GPU
+    import spaces
+except ImportError:
+    spaces = None
+
+log = logging.getLogger("app")
+
+EXAMPLES = Path(__file__).resolve().parent / "examples"
+WEIGHT_NAMES = ("wav2lip_gan", "wav2lip", "s3fd", "syncnet_v2", "sfd_face")
+EVAL_FPS = 25  # the evaluator works on frames resampled to 25 fps, so curve index / 25 = seconds
+# ZeroGPU grants a GPU for at most this long per call; a 120 s clip takes well under a minute on a GPU
+GPU_SECONDS = 120
+OUTPUT_DIR_NAME = "lipsync-outputs"
+
+
+# -- settings ------------------------------------------------------------------------------------------
+def _env_number(name: str, default: float, kind: type = float, minimum: float = 0) -> Any:
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return kind(default)
+    try:
+        value = kind(raw)
+    except ValueError:
+        raise ValueError(f"{name}={raw!r} is not a number (default {default:g})") from None
+    if value <= minimum:
+        raise ValueError(f"{name}={raw!r} must be greater than {minimum:g}")
+    return value
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Limits and serving knobs, from environment variables (defaults in brackets).
+
+    LIPSYNC_MAX_SECONDS [120]  longest face video / audio accepted
+    LIPSYNC_MAX_SIDE [1920]    longest side of the face video or image, in pixels
+    LIPSYNC_MAX_MB [200]       largest upload, per file
+    LIPSYNC_CONCURRENCY [1]    requests that run models at the same time (the rest wait in the queue)
+    LIPSYNC_QUEUE_SIZE [20]    requests allowed to wait; more are turned away with "queue full"
+    LIPSYNC_KEEP_SECONDS [3600] how long uploads and results stay on disk before they are deleted
+    """
+
+    max_seconds: float = 120.0
+    max_side: int = 1920
+    max_mb: float = 200.0
+    concurrency: int = 1
+    queue_size: int = 20
+    keep_seconds: int = 3600
+
+    ENV: ClassVar[dict[str, str]] = {
+        "max_seconds": "LIPSYNC_MAX_SECONDS", "max_side": "LIPSYNC_MAX_SIDE", "max_mb": "LIPSYNC_MAX_MB",
+        "concurrency": "LIPSYNC_CONCURRENCY", "queue_size": "LIPSYNC_QUEUE_SIZE",
+        "keep_seconds": "LIPSYNC_KEEP_SECONDS",
+    }
+
+    @classmethod
+    def from_env(cls) -> Settings:
+        """Read the environment; ValueError names a variable that is not a positive number."""
+        values = {}
+        for f in fields(cls):
+            kind = int if f.type in ("int", int) else float
+            values[f.name] = _env_number(cls.ENV[f.name], f.default, kind)
+        return cls(**values)
+
+    def describe(self) -> str:
+        return (f"Limits: face video and audio up to {self.max_seconds:g} s, {self.max_side} px on the longest "
+                f"side, {self.max_mb:g} MB per file (set by LIPSYNC_MAX_SECONDS, LIPSYNC_MAX_SIDE, "
+                "LIPSYNC_MAX_MB).")
+
+
+def audio_seconds(path: Path) -> float | None:
+    """Duration of the first audio track from the container header; None when unknown or unreadable
+    (the engine's decoder then reports what is wrong with the file)."""
+    try:
+        with av.open(str(path)) as container:
+            if not container.streams.audio:
+                return None
+            stream = container.streams.audio[0]
+            if stream.duration and stream.time_base:
+                return float(stream.duration * stream.time_base)
+            return container.duration / av.time_base if container.duration else None
+    except (av.FFmpegError, OSError):
+        return None
+
+
+def check_input(path: str | Path, settings: Settings, role: str, *, audio: bool = False) -> MediaInfo | None:
+    """Enforce the limits before any work; InputError says what to change.
+
+    A face (``audio=False``) is probed with lipsync.media.probe, which also rejects files that are not
+    videos or images; for the audio only its duration is read (probe wants a picture).
+    """
+    path = Path(path)
+    try:
+        size_mb = path.stat().st_size / 2**20
+    except FileNotFoundError:
+        raise InputError(f"the {role} file is missing: upload it again") from None
+    if size_mb > settings.max_mb:
+        raise InputError(f"the {role} file is {size_mb:.0f} MB; this app accepts up to {settings.max_mb:g} MB "
+                         "per file: compress or trim it")
+    info = None if audio else probe(path)
+    seconds = audio_seconds(path) if audio else info.duration
+    if seconds is not None and seconds > settings.max_seconds:
+        raise InputError(f"the {role} lasts {seconds:.1f} s; this app accepts up to {settings.max_seconds:g} s: "
+                         "trim it, or run `python -m lipsync` locally for longer files")
+    if info is not None and max(info.width, info.height) > settings.max_side:
+        raise InputError(f"the {role} is {info.width}x{info.height}; this app accepts up to {settings.max_side} px "
+                         "on the longest side: downscale it first")
+    return info
+
+
+# -- models, shared by every request of the process -----------------------------------------------------
+class Models:
+    """One LipSync engine and one SyncNet evaluator per process, built on first use.
+
+    Each object is also used by one request at a time (LipSync.run is not re-entrant), so with
+    LIPSYNC_CONCURRENCY > 1 a lip sync and an evaluation can overlap, two lip syncs cannot.
+    """
+
+    _shared: ClassVar[Models | None] = None
+    _shared_lock: ClassVar[threading.Lock] = threading.Lock()
+
+    def __init__(self, weights_dir: str | None = None, device: str | None = None) -> None:
+        self.weights_dir = weights_dir
+        self.device = device
+        self._engine: LipSync | None = None
+        self._evaluator: SyncNetEvaluator | None = None
+        self.engine_lock = threading.Lock()
+        self.evaluator_lock = threading.Lock()
+
+    @classmethod
+    def shared(cls) -> Models:
+        with cls._shared_lock:
+            if cls._shared is None:
+                cls._shared = cls()
+            return cls._shared
+
+    def engine(self) -> LipSync:
+        """Call with ``engine_lock`` held."""
+        if self._engine is None:
+            self._engine = LipSync(weights_dir=self.weights_dir, device=self.device)
+        return self._engine
+
+    def evaluator(self) -> SyncNetEvaluator:
+        """Call with ``evaluator_lock`` held."""
+        if self._evaluator is None:
+            self._evaluator = SyncNetEvaluator(weights_dir=self.weights_dir, device=self.device)
+        return self._evaluator
+
+
+def _on_gpu(fn: Callable) -> Callable:
+    """Wrap GPU work with spaces.GPU on ZeroGPU hardware; a no-op elsewhere."""
+    return spaces.GPU(duration=GPU_SECONDS)(fn) if spaces is not None else fn
+
+
+@_on_gpu
+def _synthesize(face: Path, audio: Path, output: Path, options: LipSyncOptions) -> LipSyncResult:
+    models = Models.shared()
+    with models.engine_lock:
+        return models.engine().run(face, audio, output, options)
+
+
+@_on_gpu
+def _score(path: Path, options: EvalOptions) -> VideoResult:
+    models = Models.shared()
+    with models.evaluator_lock:
+        return models.evaluator().evaluate(path, options)
+
+
+# -- weights status ------------------------------------------------------------------------------------
+@dataclass
+class WeightsStatus:
+    """Resolves every checkpoint in a background thread (downloads unless LIPSYNC_WEIGHTS_DIR is set)."""
+
+    names: Sequence[str] = WEIGHT_NAMES
+    resolve: Callable[[str], Path] = weights.resolve
+    state: dict[str, tuple[str, str]] = field(default_factory=dict)  # name -> (pending|ok|error, detail)
+    _thread: threading.Thread | None = None
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def __post_init__(self) -> None:
+        self.state = {name: ("pending", "") for name in self.names}
+
+    def start(self) -> None:
+        with self._lock:
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="weights", daemon=True)
+                self._thread.start()
+
+    def _run(self) -> None:
+        for name in self.names:
+            try:
+                path = self.resolve(name)
+            except LipSyncError as exc:
+                log.error("weights %s: %s", name, exc)
+                self.state[name] = ("error", str(exc))
+            else:
+                self.state[name] = ("ok", str(path))
+
+    def done(self) -> bool:
+        return all(kind != "pending" for kind, _ in self.state.values())
+
+    def markdown(self) -> str:
+        words = {"pending": "fetching…", "ok": "ready", "error": "FAILED"}
+        parts = [f"`{name}` {words[kind]}" for name, (kind, _) in self.state.items()]
+        lines = ["**Model weights:** " + " · ".join(parts)]
+        if not self.done():
+            lines.append("Weights are being fetched in the background; a request made now waits for them.")
+        for name, (kind, detail) in self.state.items():
+            if kind == "error":
+                lines.append(f"- **{name} is missing**: {detail}")
+        return "\n\n".join(lines)
+
+
+# -- helpers -------------------------------------------------------------------------------------------
+def parse_numbers(text: str | None, count: int, what: str) -> tuple[float, ...] | None:
+    """``"1 2 3 4"`` (spaces or commas) -> a tuple of ``count`` numbers; empty -> None."""
+    if text is None or not str(text).strip():
+        return None
+    parts = [p for p in re.split(r"[\s,]+", str(text).strip()) if p]
+    try:
+        numbers = tuple(float(p) for p in parts)
+    except ValueError:
+        numbers = ()
+    if len(numbers) != count or not all(math.isfinite(n) for n in numbers):
+        raise InputError(f"{what} needs {count} numbers separated by spaces, got {text!r}")
+    return numbers
+
+
+def _safe_stem(path: str | Path) -> str:
+    stem = re.sub(r"[^A-Za-z0-9_-]+", "_", Path(path).stem).strip("_")[:40]
+    return stem or "video"
+
+
+def request_dir(settings: Settings) -> Path:
+    """A fresh folder for one request, inside Gradio's cache.
+
+    Results written there are served in place (Gradio copies files from anywhere else into its cache),
+    and Blocks(delete_cache=...) deletes them after LIPSYNC_KEEP_SECONDS; emptied folders are pruned here.
+    """
+    root = Path(get_upload_folder()) / OUTPUT_DIR_NAME
+    root.mkdir(parents=True, exist_ok=True)
+    cutoff = time.time() - settings.keep_seconds  # a younger empty folder may belong to a running request
+    for old in root.iterdir():
+        try:
+            if old.is_dir() and old.stat().st_mtime < cutoff and not any(old.iterdir()):
+                old.rmdir()
+        except OSError:  # another request pruned it first
+            continue
+    folder = root / uuid.uuid4().hex
+    folder.mkdir()
+    return folder
+
+
+def _fmt(value: float | None, spec: str = ".2f") -> str:
+    if value is None or not math.isfinite(value):
+        return "–"
+    return format(value, spec)
+
+
+def _result_dict(result: VideoResult | None, error: str | None = None) -> dict[str, Any]:
+    if result is None:
+        return {"lse_d": None, "lse_c": None, "offset": None, "messages": [error] if error else []}
+    return {
+        "lse_d": _finite_or_none(result.lse_d), "lse_c": _finite_or_none(result.lse_c),
+        "offset": _finite_or_none(result.offset), "mode": result.mode, "jpeg_roundtrip": result.jpeg_roundtrip,
+        "tracks": [{"lse_d": _finite_or_none(t.lse_d), "lse_c": _finite_or_none(t.lse_c), "offset": t.offset,
+                    "first_frame": t.first_frame, "last_frame": t.last_frame} for t in result.tracks],
+        "messages": list(result.messages),
+    }
+
+
+def _rounded(value: float | None) -> float | None:
+    return None if (value := _finite_or_none(value)) is None else round(value, 3)
+
+
+def _finite_or_none(value: float | None) -> float | None:
+    return float(value) if value is not None and math.isfinite(value) else None
+
+
+def _score_safely(path: Path, options: EvalOptions) -> tuple[VideoResult | None, str | None]:
+    """Scores, or the evaluator's message when the video cannot be scored (no face track, no audio...)."""
+    try:
+        return _score(path, options), None
+    except LipSyncError as exc:
+        return None, str(exc)
+
+
+def _scores_markdown(rows: list[tuple[str, dict[str, Any]]]) -> str:
+    lines = ["| video | LSE-D ↓ | LSE-C ↑ | offset (frames) |", "|---|---|---|---|"]
+    notes = []
+    for label, scores in rows:
+        lines.append(f"| {label} | {_fmt(scores['lse_d'])} | {_fmt(scores['lse_c'])} | {_fmt(scores['offset'], 'g')} |")
+        notes += [f"- {label}: {m}" for m in scores["messages"]]
+    return "\n".join(lines) + ("\n\n" + "\n".join(notes) if notes else "")
+
+
+def eval_options(mode: str = "tracks", min_track: float = MIN_TRACK, jpeg_roundtrip: bool = True,
+                 detect_every: float = 1) -> EvalOptions:
+    return EvalOptions(mode=mode, min_track=int(min_track), jpeg_roundtrip=bool(jpeg_roundtrip),
+                       detect_every=int(detect_every))
+
+
+# -- handlers (the named API endpoints) ---------------------------------------------------------------
+def lipsync(
+    face_video: str | None = None,
+    face_image: str | None = None,
+    audio: str | None = None,
+    checkpoint: str = "wav2lip_gan",
+    pad_top: float = 0,
+    pad_bottom: float = 10,
+    pad_left: float = 0,
+    pad_right: float = 0,
+    resize_factor: float = 1,
+    box: str = "",
+    nosmooth: bool = False,
+    loop: str = "forward",
+    blend: str = "none",
+    face_index: float = 0,
+    face_point: str = "",
+    detection: str = "fast",
+    strict: bool = False,
+    face_det_batch_size: float = 16,
+    wav2lip_batch_size: float = 128,
+    fps: float = 25,
+    score_input: bool = True,
+    score_mode: str = "tracks",
+    min_track: float = MIN_TRACK,
+    progress: gr.Progress = gr.Progress(track_tqdm=True),  # noqa: B008 - Gradio's way to ask for progress
+) -> tuple[str, str, dict[str, Any]]:
+    """Lip-sync a face video (or a still photo) to a speech track with Wav2Lip, then score the result.
+
+    Args:
+        face_video: video of a face (mp4, mov, mkv, webm, avi...); give this or face_image.
+        face_image: still photo of a face (jpg, png, webp), used when face_video is empty.
+        audio: speech (wav, mp3, m4a, flac, ogg, or a video whose audio is used); its length sets the output's.
+        checkpoint: "wav2lip_gan" (sharper) or "wav2lip" (more accurate sync).
+        pad_top: pixels added above the detected face box.
+        pad_bottom: pixels added below the detected face box (10 takes in the chin).
+        pad_left: pixels added left of the detected face box.
+        pad_right: pixels added right of the detected face box.
+        resize_factor: shrink the video by this integer factor first (faster; the output is smaller).
+        box: fixed face box "top bottom left right" in pixels, which skips face detection; empty = detect.
+        nosmooth: do not smooth face boxes over time (5-frame window).
+        loop: how frames repeat when the audio outlasts the video: "forward" or "pingpong".
+        blend: "none" (the original hard paste) or "feather" (soft edges around the mouth).
+        face_index: which face when there are several: 0 = largest, 1 = next largest...
+        face_point: "x y" in pixels: use the face under (or nearest to) this point; empty = face_index.
+        detection: "fast" (downscaled, key frames) or "original" (full resolution, every frame).
+        strict: stop with an error when a frame has no face, instead of leaving it unchanged.
+        face_det_batch_size: frames per face-detector batch.
+        wav2lip_batch_size: faces per generator batch.
+        fps: frame rate of the output when the face is a still photo.
+        score_input: also score the face video against its own audio, when it has some.
+        score_mode: "tracks" (detect and track faces, as syncnet_python) or "whole-frame" (frames are face crops).
+        min_track: shortest face track scored, in frames at 25 fps (syncnet_python uses 100).
+
+    Returns:
+        The lip-synced MP4 (H.264 + AAC); a Markdown summary (scores, frames without a face); and the
+        same as JSON: {"output": scores, "input": scores or null, "no_face_ranges", "n_frames", "fps",
+        "duration", "timings"}, where scores = {"lse_d", "lse_c", "offset", "tracks", "messages"}.
+    """
+    settings = Settings.from_env()
+    face = face_video or face_image
+    if not face:
+        raise gr.Error("Give a face: upload a video or a photo (or record one with the webcam).")
+    if not audio:
+        raise gr.Error("Give the speech: upload an audio file or record one with the microphone.")
+    folder: Path | None = None
+    try:
+        face_info = check_input(face, settings, "face video" if face_video else "face photo")
+        check_input(audio, settings, "audio", audio=True)
+        options = LipSyncOptions(
+            checkpoint=checkpoint, pads=(int(pad_top), int(pad_bottom), int(pad_left), int(pad_right)),
+            resize_factor=int(resize_factor), box=parse_numbers(box, 4, "box (top bottom left right)"),
+            nosmooth=bool(nosmooth), fps=float(fps), face_det_batch_size=int(face_det_batch_size),
+            wav2lip_batch_size=int(wav2lip_batch_size), loop=loop, strict=bool(strict), face_index=int(face_index),
+            face_point=parse_numbers(face_point, 2, "face point (x y)"), blend=blend, detection=detection,
+        )
+        scoring = eval_options(score_mode, min_track)
+        folder = request_dir(settings)
+        output = folder / f"{_safe_stem(face)}_lipsync.mp4"
+        progress(0, desc="lip sync")
+        result = _synthesize(Path(face), Path(audio), output, options)
+        progress(0, desc="scoring the result")
+        out_scores = _result_dict(*_score_safely(output, scoring))
+        in_scores = None
+        if score_input and face_video and face_info.has_audio:
+            progress(0, desc="scoring the input")
+            in_scores = _result_dict(*_score_safely(Path(face_video), scoring))
+    except LipSyncError as exc:
+        if folder is not None:
+            shutil.rmtree(folder, ignore_errors=True)
+        raise gr.Error(str(exc), title="Cannot lip-sync this") from exc
+    except BaseException:
+        if folder is not None:
+            shutil.rmtree(folder, ignore_errors=True)
+        raise
+
+    rows = [("lip-synced output", out_scores)] + ([("input, with its own audio", in_scores)] if in_scores else [])
+    summary = [f"**{result.n_frames} frames, {result.fps:g} fps, {result.duration:.2f} s, "
+               f"{result.width}x{result.height}.**", _scores_markdown(rows)]
+    if result.no_face_ranges:
+        summary.append(f"**Note:** {result.message}.")
+    details = {
+        "output": out_scores, "input": in_scores,
+        "no_face_ranges": [list(r) for r in result.no_face_ranges],
+        "n_frames": result.n_frames, "fps": result.fps, "duration": result.duration,
+        "timings": {k: round(v, 3) for k, v in result.timings.items()},
+    }
+    return str(output), "\n\n".join(summary), details
+
+
+CURVE_COLUMNS = ["time (s)", "confidence", "series"]
+TABLE_COLUMNS = ["video", "track", "first frame", "last frame", "LSE-D", "LSE-C", "offset"]
+
+
+def evaluate(
+    video: str | None = None,
+    reference_video: str | None = None,
+    mode: str = "tracks",
+    min_track: float = MIN_TRACK,
+    jpeg_roundtrip: bool = True,
+    detect_every: float = 1,
+    progress: gr.Progress = gr.Progress(track_tqdm=True),  # noqa: B008 - Gradio's way to ask for progress
+) -> tuple[pd.DataFrame, pd.DataFrame, str]:
+    """Score how well lips and speech agree in a video (SyncNet LSE-D / LSE-C / AV offset).
+
+    Args:
+        video: the video to score (with its audio).
+        reference_video: optional second video scored beside it (e.g. the original before lip sync).
+        mode: "tracks" (detect and track faces, as syncnet_python) or "whole-frame" (frames are face crops).
+        min_track: shortest face track scored, in frames at 25 fps (syncnet_python uses 100).
+        jpeg_roundtrip: read frames back through JPEG as the reference pipeline does (comparable numbers).
+        detect_every: run the face detector on every k-th frame only (k times faster detection; reference: 1).
+
+    Returns:
+        A table with one row per video and face track (LSE-D: lower is better; LSE-C: higher is better;
+        offset in frames); the sync confidence over time (columns "time (s)", "confidence", "series");
+        and a Markdown summary.
+    """
+    settings = Settings.from_env()
+    videos = [(label, path) for label, path in (("A", video), ("B", reference_video)) if path]
+    if not videos:
+        raise gr.Error("Give a video to score.")
+    try:
+        options = eval_options(mode, min_track, jpeg_roundtrip, detect_every)
+        for label, path in videos:
+            check_input(path, settings, f"video {label}")
+    except LipSyncError as exc:
+        raise gr.Error(str(exc), title="Cannot score this") from exc
+
+    table, curves, summary, errors = [], [], [], []
+    for label, path in videos:
+        name = f"{label}: {Path(path).name}"
+        progress(0, desc=f"scoring video {label}")
+        result, error = _score_safely(Path(path), options)
+        if result is None:
+            errors.append(f"{name}: {error}")
+            continue
+        scores = _result_dict(result)
+        summary.append((name, scores))
+        for i, track in enumerate(result.tracks):
+            table.append([name, i, track.first_frame, track.last_frame, _rounded(track.lse_d),
+                          _rounded(track.lse_c), track.offset])
+            series = f"{label} track {i}" if len(result.tracks) > 1 else label
+            for j, conf in enumerate(track.confidence):
+                curves.append([(track.first_frame + j) / EVAL_FPS, float(conf), series])
+    if not summary:
+        raise gr.Error("\n".join(errors), title="Cannot score this")
+    text = _scores_markdown(summary)
+    if errors:
+        text += "\n\n" + "\n".join(f"- **not scored**, {e}" for e in errors)
+    return pd.DataFrame(table, columns=TABLE_COLUMNS), curve_frame(curves), text
+
+
+def curve_frame(rows: list[list[Any]]) -> pd.DataFrame:
+    """Confidence points with numeric time and confidence columns (the plot picks its axis types from them)."""
+    frame = pd.DataFrame(rows, columns=CURVE_COLUMNS)
+    return frame.astype({"time (s)": float, "confidence": float, "series": str})
+
+
+def keep_one_face(value: str | None) -> Any:
+    """When one face input gets a file, empty the other, so the request is never ambiguous."""
+    return None if value else gr.skip()
+
+
+def prefill_evaluate(output_video: str | None, face_video: str | None) -> tuple[str | None, str | None]:
+    """After a lip sync, the Evaluate tab holds the result and the original, ready to score side by side."""
+    return output_video, face_video
+
+
+# -- UI ------------------------------------------------------------------------------------------------
+INTRO = """# Wav2Lip lip sync
+Make a face video (or a photo) speak any audio with [Wav2Lip](https://github.com/Rudrabha/Wav2Lip), then check
+the result with SyncNet's **LSE-D** (distance between lips and audio, lower is better) and **LSE-C** (confidence,
+higher is better). The Wav2Lip weights are for research and non-commercial use only."""
+
+
+def _example_rows() -> tuple[list[list[str | None]], list[list[str | None]]]:
+    clip, still, speech = (EXAMPLES / n for n in ("face_clip.mp4", "face_still.jpg", "speech.wav"))
+    if not all(p.is_file() for p in (clip, still, speech)):
+        log.warning("examples missing from %s: run python examples/make_examples.py", EXAMPLES)
+        return [], []
+    return [[str(clip), None, str(speech)], [None, str(still), str(speech)]], [[str(clip), None]]
+
+
+def _device_note() -> str:
+    if spaces is not None:
+        return "ZeroGPU (a GPU is attached per request)"
+    if torch.cuda.is_available():
+        return f"GPU ({torch.cuda.get_device_name(0)})"
+    return "CPU (slow: a fixed face box under Advanced skips face detection, the slowest step)"
+
+
+def _advanced_options() -> dict[str, gr.components.Component]:
+    """The engine's and the scorer's options, keyed by the ``lipsync`` parameter each one fills."""
+    number = {"precision": 0, "min_width": 80}
+    c: dict[str, gr.components.Component] = {}
+    with gr.Row():
+        c["checkpoint"] = gr.Radio(["wav2lip_gan", "wav2lip"], value="wav2lip_gan", label="Checkpoint",
+                                   info="wav2lip_gan: sharper; wav2lip: more accurate sync")
+        c["detection"] = gr.Radio(["fast", "original"], value="fast", label="Face detection",
+                                  info="original: full resolution on every frame (slow)")
+    with gr.Row():
+        for side, default in (("top", 0), ("bottom", 10), ("left", 0), ("right", 0)):
+            c[f"pad_{side}"] = gr.Number(default, label=f"Pad {side}", **number)
+    with gr.Row():
+        c["box"] = gr.Textbox("", label="Fixed face box", placeholder="top bottom left right", elem_id="box",
+                              info="pixels; skips face detection. Empty = detect")
+        c["face_index"] = gr.Number(0, label="Face index", minimum=0, info="0 = largest face, 1 = next…",
+                                    **number)
+        c["face_point"] = gr.Textbox("", label="Face point", placeholder="x y",
+                                     info="use the face at this pixel. Empty = face index")
+    with gr.Row():
+        c["resize_factor"] = gr.Number(1, label="Resize factor", minimum=1, **number)
+        c["fps"] = gr.Number(25, label="FPS for a photo", minimum=1, min_width=80)
+        c["face_det_batch_size"] = gr.Number(16, label="Detector batch", minimum=1, **number)
+        c["wav2lip_batch_size"] = gr.Number(128, label="Generator batch", minimum=1, **number)
+    with gr.Row():
+        c["loop"] = gr.Radio(["forward", "pingpong"], value="forward", label="Loop",
+                             info="when the audio is longer than the video")
+        c["blend"] = gr.Radio(["none", "feather"], value="none", label="Blend", info="none = original hard paste")
+    with gr.Row():
+        c["nosmooth"] = gr.Checkbox(False, label="No smoothing of face boxes")
+        c["strict"] = gr.Checkbox(False, label="Strict: fail on frames without a face")
+    with gr.Row():
+        c["score_mode"] = gr.Radio(["tracks", "whole-frame"], value="tracks", label="Scoring mode",
+                                   elem_id="score-mode", info="whole-frame: the frames are already face crops")
+        c["min_track"] = gr.Number(MIN_TRACK, label="Shortest scored face track (frames)", minimum=1,
+                                   info="syncnet_python: 100 (4 s); lower it for short clips", **number)
+    return c
+
+
+def build_demo(settings: Settings | None = None, status: WeightsStatus | None = None) -> gr.Blocks:
+    """The Blocks app, queued; starts fetching the weights in the background."""
+    settings = settings or Settings.from_env()
+    status = status or WeightsStatus()
+    status.start()
+    lipsync_rows, evaluate_rows = _example_rows()
+    heavy = {"concurrency_limit": settings.concurrency, "concurrency_id": "models"}
+    light: dict[str, Any] = {"api_visibility": "private", "queue": False}
+
+    with gr.Blocks(title="Wav2Lip lip sync", delete_cache=(settings.keep_seconds, settings.keep_seconds)) as demo:
+        gr.Markdown(INTRO)
+        weights_md = gr.Markdown(status.markdown(), elem_id="weights-status")
+        gr.Markdown(f"Running on {_device_note()}. {settings.describe()}", elem_id="limits")
+        timer = gr.Timer(1.0)
+
+        with gr.Tab("Lip sync", id="lipsync"):
+            with gr.Row():
+                with gr.Column():
+                    with gr.Tab("Face video"):
+                        face_video = gr.Video(label="Face video", sources=["upload", "webcam"], elem_id="face-video")
+                    with gr.Tab("Face photo"):
+                        face_image = gr.Image(label="Face photo", type="filepath", image_mode=None,
+                                              sources=["upload", "webcam", "clipboard"], elem_id="face-image")
+                    audio = gr.Audio(label="Speech", type="filepath", sources=["upload", "microphone"],
+                                     elem_id="audio")
+                    score_input = gr.Checkbox(True, label="Also score the input video with its own audio "
+                                                          "(before / after)")
+                    with gr.Accordion("Advanced", open=False, elem_id="advanced"):
+                        options = _advanced_options()
+                    run_button = gr.Button("Lip sync", variant="primary", elem_id="run-lipsync")
+                with gr.Column():
+                    out_video = gr.Video(label="Lip-synced video", interactive=False, buttons=["download"],
+                                         elem_id="output-video")
+                    out_summary = gr.Markdown(elem_id="lipsync-summary")
+                    with gr.Accordion("Details (JSON)", open=False):
+                        out_details = gr.JSON(label="Details")
+            if lipsync_rows:
+                gr.Examples(lipsync_rows, [face_video, face_image, audio], cache_examples=False,
+                            example_labels=["video + other speech", "photo + speech"])
+
+        with gr.Tab("Evaluate", id="evaluate"):
+            gr.Markdown("Score any video. After a lip sync, A holds the result and B the original: "
+                        "press **Score** to compare them.")
+            with gr.Row():
+                eval_video = gr.Video(label="Video A", sources=["upload"], elem_id="eval-video")
+                eval_reference = gr.Video(label="Video B (optional)", sources=["upload"], elem_id="eval-reference")
+            with gr.Row():
+                eval_mode = gr.Radio(["tracks", "whole-frame"], value="tracks", label="Mode", elem_id="eval-mode")
+                eval_min_track = gr.Number(MIN_TRACK, label="Shortest scored face track (frames)", precision=0,
+                                           minimum=1)
+                eval_detect_every = gr.Number(1, label="Detect faces every k frames", precision=0, minimum=1,
+                                              maximum=25, info="k > 1: faster, boxes interpolated")
+                eval_jpeg = gr.Checkbox(True, label="JPEG round trip, as the reference (comparable numbers)")
+            eval_button = gr.Button("Score", variant="primary", elem_id="run-evaluate")
+            eval_summary = gr.Markdown(elem_id="evaluate-summary")
+            eval_table = gr.Dataframe(headers=TABLE_COLUMNS, label="Per face track", interactive=False)
+            # no initial frame: an empty one fixes an empty colour domain and later lines stay invisible
+            eval_plot = gr.LinePlot(None, x="time (s)", y="confidence", color="series",
+                                    label="Sync confidence over time (higher: lips and speech agree)")
+            if evaluate_rows:
+                gr.Examples(evaluate_rows, [eval_video, eval_reference], cache_examples=False)
+
+        options["score_input"] = score_input
+        names = [p for p in inspect.signature(lipsync).parameters if p not in ("face_video", "face_image", "audio",
+                                                                               "progress")]
+        run_event = run_button.click(
+            lipsync, inputs=[face_video, face_image, audio] + [options[n] for n in names],
+            outputs=[out_video, out_summary, out_details], api_name="lipsync", **heavy,
+        )
+        run_event.success(prefill_evaluate, [out_video, face_video], [eval_video, eval_reference], **light)
+        eval_button.click(
+            evaluate, inputs=[eval_video, eval_reference, eval_mode, eval_min_track, eval_jpeg, eval_detect_every],
+            outputs=[eval_table, eval_plot, eval_summary], api_name="evaluate", **heavy,
+        )
+        face_video.input(keep_one_face, face_video, face_image, **light)
+        face_image.input(keep_one_face, face_image, face_video, **light)
+
+        def refresh_weights() -> tuple[str, gr.Timer]:
+            return status.markdown(), gr.Timer(active=not status.done())
+
+        timer.tick(refresh_weights, outputs=[weights_md, timer], **light)
+        demo.load(refresh_weights, outputs=[weights_md, timer], **light)
+
+    demo.queue(default_concurrency_limit=settings.concurrency, max_size=settings.queue_size)
+    return demo
+
+
+def launch(demo: gr.Blocks, settings: Settings, *, host: str | None = None, port: int | None = None,
+           share: bool = False, mcp: bool = False, block: bool = True) -> tuple[Any, str, str | None]:
+    """Start the server (``block=False`` returns at once, for tests); returns (app, local_url, share_url)."""
+    return demo.launch(
+        server_name=host, server_port=port, share=share, mcp_server=mcp or None,
+        max_file_size=int(settings.max_mb * 2**20), allowed_paths=[str(EXAMPLES)],
+        prevent_thread_lock=not block, theme=gr.themes.Soft(), footer_links=["api", "gradio"],
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Wav2Lip lip-sync app (Gradio).")
+    parser.add_argument("--host", help="address to listen on (default 127.0.0.1, or $GRADIO_SERVER_NAME)")
+    parser.add_argument("--port", type=int, help="port (default 7860, or $GRADIO_SERVER_PORT)")
+    parser.add_argument("--share", action="store_true", help="also serve through a public gradio.live link")
+    parser.add_argument("--mcp", action="store_true", help="also expose /lipsync and /evaluate as MCP tools")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        settings = Settings.from_env()
+    except ValueError as exc:
+        parser.exit(2, f"app.py: {exc}\n")
+    if args.mcp and importlib.util.find_spec("mcp") is None:
+        parser.exit(2, "app.py: --mcp needs Gradio's MCP extra: pip install 'gradio[mcp]'\n")
+    launch(build_demo(settings), settings, host=args.host, port=args.port, share=args.share, mcp=args.mcp)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

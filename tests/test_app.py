@@ -1,0 +1,248 @@
+"""The Gradio app, driven through its named API endpoints with the real gradio_client.
+
+The app is launched on a free localhost port in this process (a background server thread) with the
+generated weights (LIPSYNC_WEIGHTS_DIR from the ``weights_dir`` fixture). With those random weights the
+face detectors find nothing, so lip sync uses a fixed face box and scoring uses the whole-frame mode:
+the numbers are finite, not meaningful.
+"""
+
+from __future__ import annotations
+
+import math
+import socket
+import threading
+from contextlib import contextmanager
+from pathlib import Path
+
+import av
+import pytest
+from gradio_client import Client, handle_file
+from gradio_client.exceptions import AppError
+
+import app
+from lipsync.errors import InputError, WeightsError
+from lipsync.media import probe
+
+EXAMPLES = Path(app.__file__).resolve().parent / "examples"
+CLIP, STILL, SPEECH = EXAMPLES / "face_clip.mp4", EXAMPLES / "face_still.jpg", EXAMPLES / "speech.wav"
+FACE_BOX = "30 170 65 190"  # top bottom left right of the astronaut's face in the 256x256 examples
+FAST = {"box": FACE_BOX, "score_mode": "whole-frame", "wav2lip_batch_size": 32}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextmanager
+def serve_app(settings: app.Settings | None = None):
+    """Launch the app on a free localhost port; yields its URL."""
+    settings = settings or app.Settings.from_env()
+    demo = app.build_demo(settings)
+    _, url, _ = app.launch(demo, settings, host="127.0.0.1", port=free_port(), block=False)
+    try:
+        yield url
+    finally:
+        demo.close()
+
+
+@pytest.fixture(scope="module")
+def url(weights_dir):
+    with serve_app() as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def downloads(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("downloads")
+
+
+@pytest.fixture(scope="module")
+def client(url, downloads):
+    return Client(url, verbose=False, download_files=str(downloads))
+
+
+def assert_playable_mp4(path: str | Path, audio_path: Path) -> None:
+    """H.264 yuv420p + AAC in an MP4 that lasts as long as the speech."""
+    with av.open(str(path)) as container:
+        assert container.format.name.startswith("mov,mp4")
+        video, audio = container.streams.video[0], container.streams.audio[0]
+        assert video.codec_context.name == "h264" and video.codec_context.pix_fmt == "yuv420p"
+        assert audio.codec_context.name == "aac"
+        audio_seconds = float(audio.duration * audio.time_base)
+        n_frames = sum(1 for _ in container.decode(video=0))
+    speech_seconds = probe_audio_seconds(audio_path)
+    assert abs(audio_seconds - speech_seconds) < 0.05, (audio_seconds, speech_seconds)
+    # a frame per 16-step (0.2 s) mel window, as Wav2Lip: the picture may end a little before the sound
+    assert abs(speech_seconds - n_frames / 25) < 0.25, (n_frames, speech_seconds)
+
+
+def probe_audio_seconds(path: Path) -> float:
+    seconds = app.audio_seconds(path)
+    assert seconds is not None
+    return seconds
+
+
+def assert_scores(scores: dict) -> None:
+    assert all(math.isfinite(scores[k]) for k in ("lse_d", "lse_c", "offset")), scores
+    assert scores["tracks"]
+
+
+# -- through the API ---------------------------------------------------------------------------------------
+def test_api_lists_only_the_two_endpoints(client):
+    api = client.view_api(print_info=False, return_format="dict")
+    assert set(api["named_endpoints"]) == {"/lipsync", "/evaluate"}
+    params = {p["parameter_name"] for p in api["named_endpoints"]["/lipsync"]["parameters"]}
+    assert {"face_video", "face_image", "audio", "checkpoint", "box", "score_input"} <= params
+    assert not api["unnamed_endpoints"]
+
+
+def test_lipsync_video(client):
+    video, summary, details = client.predict(face_video=handle_file(str(CLIP)), audio=handle_file(str(SPEECH)),
+                                             **FAST, api_name="/lipsync")
+    assert_playable_mp4(video, SPEECH)
+    assert "LSE-D" in summary and "LSE-C" in summary
+    assert_scores(details["output"])
+    assert_scores(details["input"])  # the example clip has its own speech
+    assert details["no_face_ranges"] == []
+    assert details["n_frames"] == round(details["duration"] * 25) and details["fps"] == 25
+
+
+def test_lipsync_photo_without_input_scoring(client):
+    video, _, details = client.predict(face_image=handle_file(str(STILL)), audio=handle_file(str(SPEECH)),
+                                       **FAST, fps=25, api_name="/lipsync")
+    assert_playable_mp4(video, SPEECH)
+    assert_scores(details["output"])
+    assert details["input"] is None  # a photo has no audio of its own
+
+
+def test_evaluate_two_videos(client):
+    table, curve, summary = client.predict(video=handle_file(str(CLIP)), reference_video=handle_file(str(CLIP)),
+                                           mode="whole-frame", api_name="/evaluate")
+    rows = table["data"]
+    assert len(rows) >= 2 and {r[0][0] for r in rows} == {"A", "B"}
+    for row in rows:
+        lse_d, lse_c, offset = row[4:7]
+        assert math.isfinite(lse_d) and math.isfinite(lse_c) and isinstance(offset, int)
+    assert rows[0][4:7] == rows[-1][4:7]  # the same video twice scores the same
+    points = curve["value"]["data"] if "value" in curve else curve["data"]
+    assert points and all(math.isfinite(p[1]) for p in points)
+    assert "LSE-D" in summary
+
+
+def test_bad_input_gives_the_message_and_the_app_keeps_serving(client, tmp_path):
+    fake = tmp_path / "not a video.mp4"
+    fake.write_text("this is text, not a video\n" * 20)
+    with pytest.raises(AppError) as err:
+        client.predict(face_video=handle_file(str(fake)), audio=handle_file(str(SPEECH)), **FAST,
+                       api_name="/lipsync")
+    assert "not a video" in str(err.value).lower() or "media" in str(err.value).lower(), str(err.value)
+    with pytest.raises(AppError):
+        client.predict(video=handle_file(str(fake)), api_name="/evaluate")
+    _, _, summary = client.predict(video=handle_file(str(CLIP)), mode="whole-frame", api_name="/evaluate")
+    assert "LSE-D" in summary
+
+
+def test_engine_error_reaches_the_user_and_leaves_no_files(client):
+    """An error the engine raises mid-request (a box outside the frame) is shown as is; nothing is left."""
+    root = Path(app.get_upload_folder()) / app.OUTPUT_DIR_NAME
+    before = {p for p in root.iterdir() if any(p.iterdir())} if root.exists() else set()
+    with pytest.raises(AppError) as err:
+        client.predict(face_video=handle_file(str(CLIP)), audio=handle_file(str(SPEECH)), box="300 400 300 400",
+                       api_name="/lipsync")
+    assert "outside the 256x256 frame" in str(err.value)
+    after = {p for p in root.iterdir() if any(p.iterdir())}
+    assert after == before
+
+
+def test_two_concurrent_clients(url, downloads):
+    results: dict[int, object] = {}
+
+    def call(i: int) -> None:
+        try:
+            face = {"face_video": handle_file(str(CLIP))} if i == 0 else {"face_image": handle_file(str(STILL))}
+            other = Client(url, verbose=False, download_files=str(downloads))
+            results[i] = other.predict(**face, audio=handle_file(str(SPEECH)), **FAST, score_input=False,
+                                       api_name="/lipsync")
+        except Exception as exc:  # any failure is reported by the assertion below
+            results[i] = exc
+
+    threads = [threading.Thread(target=call, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=600)
+    for i in range(2):
+        assert isinstance(results.get(i), tuple), results.get(i)
+        video, _, details = results[i]
+        assert_playable_mp4(video, SPEECH)
+        assert_scores(details["output"])
+    assert results[0][0] != results[1][0]
+
+
+# -- the handlers and helpers, without a server --------------------------------------------------------
+def test_settings_from_env(monkeypatch):
+    monkeypatch.setenv("LIPSYNC_MAX_SECONDS", "30")
+    monkeypatch.setenv("LIPSYNC_CONCURRENCY", "2")
+    settings = app.Settings.from_env()
+    assert settings.max_seconds == 30 and settings.concurrency == 2 and settings.max_side == 1920
+    assert "30 s" in settings.describe() and "1920 px" in settings.describe()
+    monkeypatch.setenv("LIPSYNC_MAX_MB", "lots")
+    with pytest.raises(ValueError, match="LIPSYNC_MAX_MB"):
+        app.Settings.from_env()
+
+
+def test_check_input_limits():
+    assert app.check_input(CLIP, app.Settings(), "face video").has_audio
+    with pytest.raises(InputError, match="up to 2 s"):
+        app.check_input(CLIP, app.Settings(max_seconds=2), "face video")
+    with pytest.raises(InputError, match="up to 200 px"):
+        app.check_input(STILL, app.Settings(max_side=200), "face photo")
+    with pytest.raises(InputError, match="MB"):
+        app.check_input(CLIP, app.Settings(max_mb=0.001), "face video")
+
+
+def test_parse_numbers():
+    assert app.parse_numbers("", 4, "box") is None
+    assert app.parse_numbers(" 1, 2 3  4", 4, "box") == (1, 2, 3, 4)
+    with pytest.raises(InputError, match="box needs 4 numbers"):
+        app.parse_numbers("1 2 3", 4, "box")
+    with pytest.raises(InputError):
+        app.parse_numbers("a b", 2, "point")
+
+
+def test_handlers_refuse_missing_inputs():
+    with pytest.raises(app.gr.Error, match="face"):
+        app.lipsync(audio=str(SPEECH))
+    with pytest.raises(app.gr.Error, match="speech"):
+        app.lipsync(face_video=str(CLIP))
+    with pytest.raises(app.gr.Error, match="video"):
+        app.evaluate()
+    assert app.keep_one_face(None) is not None  # gr.skip(): leave the other input alone
+    assert app.keep_one_face("x.mp4") is None
+
+
+def test_weights_status_reports_failures():
+    def resolve(name: str) -> Path:
+        if name == "s3fd":
+            raise WeightsError("could not get the s3fd weights from the Hugging Face Hub; put 's3fd.pth' ...")
+        return Path(f"/w/{name}")
+
+    status = app.WeightsStatus(names=("wav2lip", "s3fd"), resolve=resolve)
+    assert "fetching" in status.markdown() and not status.done()
+    status.start()
+    status._thread.join(5)
+    assert status.done()
+    text = status.markdown()
+    assert "`wav2lip` ready" in text and "**s3fd is missing**: could not get the s3fd weights" in text
+
+
+def test_examples_are_small_and_well_formed():
+    total = sum(p.stat().st_size for p in EXAMPLES.iterdir() if p.is_file())
+    assert total < 2 * 2**20
+    clip = probe(CLIP)
+    assert (clip.width, clip.height, float(clip.fps)) == (256, 256, 25.0) and clip.has_audio
+    assert clip.n_frames > 100  # the evaluator's default minimum track: the examples get scores as they are
+    assert app.audio_seconds(SPEECH) > 4.3  # the lip-synced output is long enough too
+    assert probe(STILL).is_image
