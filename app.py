@@ -28,7 +28,6 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, ClassVar
 
-import av
 import gradio as gr
 import pandas as pd
 import torch
@@ -36,7 +35,7 @@ from gradio.utils import get_upload_folder
 
 from lipsync import weights
 from lipsync.errors import InputError, LipSyncError
-from lipsync.media import MediaInfo, probe
+from lipsync.media import MediaInfo, audio_duration, probe
 from lipsync.options import LipSyncOptions
 from lipsync.pipeline import LipSync, LipSyncResult
 from syncnet.evaluate import MIN_TRACK, EvalOptions, SyncNetEvaluator, VideoResult
@@ -110,21 +109,6 @@ class Settings:
                 "LIPSYNC_MAX_MB).")
 
 
-def audio_seconds(path: Path) -> float | None:
-    """Duration of the first audio track from the container header; None when unknown or unreadable
-    (the engine's decoder then reports what is wrong with the file)."""
-    try:
-        with av.open(str(path)) as container:
-            if not container.streams.audio:
-                return None
-            stream = container.streams.audio[0]
-            if stream.duration and stream.time_base:
-                return float(stream.duration * stream.time_base)
-            return container.duration / av.time_base if container.duration else None
-    except (av.FFmpegError, OSError):
-        return None
-
-
 def check_input(path: str | Path, settings: Settings, role: str, *, audio: bool = False) -> MediaInfo | None:
     """Enforce the limits before any work; InputError says what to change.
 
@@ -140,7 +124,7 @@ def check_input(path: str | Path, settings: Settings, role: str, *, audio: bool 
         raise InputError(f"the {role} file is {size_mb:.0f} MB; this app accepts up to {settings.max_mb:g} MB "
                          "per file: compress or trim it")
     info = None if audio else probe(path)
-    seconds = audio_seconds(path) if audio else info.duration
+    seconds = audio_duration(path) if audio else info.duration
     if seconds is not None and seconds > settings.max_seconds:
         raise InputError(f"the {role} lasts {seconds:.1f} s; this app accepts up to {settings.max_seconds:g} s: "
                          "trim it, or run `python -m lipsync` locally for longer files")

@@ -364,6 +364,23 @@ def _timed_frames(container: InputContainer, stream: VideoStream,
         index += 1
 
 
+def audio_duration(path: str | Path) -> float | None:
+    """Seconds of the first audio track from the container header (no decoding); None when unknown.
+
+    For checking limits before work; ``load_audio`` reports what is wrong with a file that fails here.
+    """
+    try:
+        with av.open(str(Path(path).absolute())) as container:
+            if not container.streams.audio:
+                return None
+            stream = container.streams.audio[0]
+            if stream.duration and stream.time_base:
+                return float(stream.duration * stream.time_base)
+            return container.duration / av.time_base if container.duration else None
+    except (av.FFmpegError, OSError):
+        return None
+
+
 def count_frames(path: str | Path) -> int:
     """Exact number of frames ``iter_frames`` yields without ``fps``, by demuxing (no decoding).
 
