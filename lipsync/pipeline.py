@@ -39,7 +39,11 @@ log = logging.getLogger(__name__)
 FACE_SIZE = 96  # Wav2Lip's generator works on 96x96 face crops
 # Frames held at once while generating: the generator batch, capped so that a batch of 1080p frames
 # stays within this many bytes (128 frames of 1080p would be 800 MB).
-FRAME_BUFFER_BYTES = 256 * 1024 * 1024
+FRAME_BUFFER_BYTES = 128 * 1024 * 1024
+# On the CPU the generator runs this many faces per forward pass whatever the batch size: larger passes
+# are no faster there, and their activations cost about 10 MB per face (a pass of 128 faces peaked
+# above 2 GB). Eval-mode BatchNorm works per face, so the output does not depend on it.
+CPU_GENERATOR_BATCH = 16
 
 
 @dataclass
@@ -355,7 +359,8 @@ class LipSync:
         ])
         mels = chunks[[out_idx[k] for k in with_face]]
         with watch("generate"):
-            mouths = generate(model, mels, crops)
+            mouths = generate(model, mels, crops,
+                              batch_size=CPU_GENERATOR_BATCH if self.device == "cpu" else None)
         with watch("paste"):
             for k, mouth in zip(with_face, mouths, strict=True):
                 frames[k] = paste(frames[k], mouth, tuple(int(v) for v in boxes[src[k]]), blend=options.blend)
