@@ -266,3 +266,13 @@ def test_rotated_phone_video_is_upright(engine, face_image_bgr, speech_wav, tmp_
 def test_options_reach_errors(engine, face_clip, speech_wav, tmp_path):
     with pytest.raises(InputError, match="crop"):
         engine.run(face_clip, speech_wav, tmp_path / "c.mp4", LipSyncOptions(crop=(500, -1, 0, -1), box=CLIP_BOX))
+
+
+def test_silent_audio_is_a_documented_graceful_result(engine, face_clip, tmp_path, caplog):
+    import soundfile
+
+    silence = tmp_path / "silence.wav"
+    soundfile.write(silence, np.zeros(16000, np.float32), 16000)
+    result = engine.run(face_clip, silence, tmp_path / "quiet.mp4", LipSyncOptions(box=CLIP_BOX))
+    assert result.n_frames == 25 and probe(result.output).has_audio
+    assert any("silent" in r.getMessage() for r in caplog.records)
