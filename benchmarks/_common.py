@@ -1,0 +1,268 @@
+"""Shared pieces of the benchmarks: clip geometry, the frame-index code, planted detections, weights,
+fresh-process runs with their peak RSS, and the printed tables.
+
+Run the benchmarks from the repository root as modules (``python -m benchmarks.bench_lipsync``) so the
+packages import without installing.
+
+Why planted detections: the generated test weights are random, so the real detectors find no face and
+the rest of a pipeline would have nothing to do. ``PlantedDetector`` runs the real network on exactly
+the frames the pipeline hands it (so its cost is measured), then answers with the box where
+``make_clip`` put the face. It knows which frame it was handed by reading a small binary code that
+``make_clip`` draws into the bottom-left corner of every frame; that works whatever order, batch or
+scale the pipeline detects in (key frames, refinement, 0.25 scale, JPEG round trip).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_CACHE = Path(os.environ.get("LIPSYNC_BENCH_DIR") or Path.home() / ".cache" / "lipsync-bench")
+SHARED_WEIGHTS = Path("/tmp/w")  # the team's already generated checkpoints, reused when complete
+WEIGHT_FILES = ("wav2lip.pth", "wav2lip_gan.pth", "s3fd.pth", "syncnet_v2.model", "sfd_face.pth")
+
+WIDTH, HEIGHT = 1280, 720
+FPS = Fraction(25)
+
+# Frame-index code: CODE_BITS black/white cells along the bottom-left corner, least significant first.
+# 32 px cells are still 8 px wide at the 0.25 scale the fast presets detect at, so a cell's centre
+# survives H.264, a JPEG round trip and a bilinear downscale untouched.
+CODE_BITS = 16  # up to 65535 frames: 43 minutes at 25 fps
+CODE_CELL = 32
+CODE_X0, CODE_Y0 = 0, HEIGHT - CODE_CELL  # the face never goes below y = HEIGHT - 50 (see make_clip)
+PLANTED_SCORE = 0.999  # above every preset's confidence threshold (0.5 for s3fd, 0.9 for sfd_face)
+
+
+def draw_index(canvas: np.ndarray, index: int) -> None:
+    """Write ``index`` into the code cells of a full-size (HEIGHT, WIDTH, 3) frame, in place."""
+    if not 0 <= index < 2**CODE_BITS:
+        raise ValueError(f"frame index {index} does not fit in {CODE_BITS} bits")
+    for bit in range(CODE_BITS):
+        x = CODE_X0 + bit * CODE_CELL
+        canvas[CODE_Y0:CODE_Y0 + CODE_CELL, x:x + CODE_CELL] = 255 if (index >> bit) & 1 else 0
+
+
+def read_index(frame: np.ndarray) -> int:
+    """The index ``draw_index`` wrote, read from a frame of any size with the clip's aspect ratio."""
+    h, w = frame.shape[:2]
+    sx, sy = w / WIDTH, h / HEIGHT
+    y = int((CODE_Y0 + CODE_CELL / 2) * sy)
+    index = 0
+    for bit in range(CODE_BITS):
+        x = int((CODE_X0 + (bit + 0.5) * CODE_CELL) * sx)
+        if frame[y, x].mean() > 127:
+            index |= 1 << bit
+    return index
+
+
+class PlantedDetector:
+    """Wraps a real ``FaceDetector``: runs its network (timed), answers with the ground-truth boxes.
+
+    ``boxes`` is ``(n_frames, 4)`` x1 y1 x2 y2 in full-size clip pixels; answers are scaled to the
+    size of the frames handed in, as the real ``detect`` answers in those frames' pixels.
+    """
+
+    def __init__(self, real, boxes: np.ndarray) -> None:
+        self.real = real
+        self.boxes = np.asarray(boxes, dtype=np.float32)
+        self.calls = 0
+        self.frames = 0
+        self.net_seconds = 0.0
+        self.real_faces = 0  # what the real network found (0 with random weights)
+        self.unreadable = 0  # frames whose code did not name a frame of the clip
+
+    def detect(self, frames, *args, **kwargs) -> list[np.ndarray]:
+        start = time.perf_counter()
+        found = self.real.detect(frames, *args, **kwargs)
+        self.net_seconds += time.perf_counter() - start
+        self.calls += 1
+        self.frames += len(frames)
+        self.real_faces += sum(len(d) for d in found)
+        out = []
+        for frame in frames:
+            index = read_index(frame)
+            if index >= len(self.boxes):
+                self.unreadable += 1
+                out.append(np.zeros((0, 5), np.float32))
+                continue
+            scale = frame.shape[1] / WIDTH
+            box = self.boxes[index] * scale
+            out.append(np.array([[*box, PLANTED_SCORE]], dtype=np.float32))
+        return out
+
+    def stats(self) -> dict:
+        return {"detector_calls": self.calls, "detector_frames": self.frames,
+                "detector_net_s": round(self.net_seconds, 3), "real_faces_found": self.real_faces,
+                "unreadable_codes": self.unreadable}
+
+    def __getattr__(self, name: str):
+        return getattr(self.real, name)
+
+
+def ensure_weights(folder: Path | None) -> Path:
+    """A folder with all five generated full-size checkpoints (reuses /tmp/w or ``folder`` when complete)."""
+    candidates = [Path(folder)] if folder else [SHARED_WEIGHTS, DEFAULT_CACHE / "weights"]
+    for candidate in candidates:
+        if all((candidate / name).is_file() for name in WEIGHT_FILES):
+            return candidate
+    target = candidates[-1] if folder is None else Path(folder)
+    target.mkdir(parents=True, exist_ok=True)
+    sys.path.insert(0, str(ROOT))
+    from tests.weightgen import write_all
+
+    print(f"writing generated full-size checkpoints into {target} ...", file=sys.stderr)
+    write_all(target)
+    return target
+
+
+def ensure_clip(seconds: int, folder: Path) -> tuple[Path, Path]:
+    """``(clip.mp4, boxes.npy)`` for a clip of ``seconds``, made once and kept in ``folder``."""
+    from benchmarks.make_clip import make_clip
+
+    folder.mkdir(parents=True, exist_ok=True)
+    clip = folder / f"face_{WIDTH}x{HEIGHT}_{seconds}s.mp4"
+    boxes = clip.with_suffix(".boxes.npy")
+    if not (clip.is_file() and boxes.is_file()):
+        print(f"making {clip} ...", file=sys.stderr)
+        make_clip(clip, seconds, boxes_path=boxes)
+    return clip, boxes
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident set size so far (VmHWM), in MB."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+@dataclass
+class ChildRun:
+    result: dict
+    maxrss_mb: float  # ru_maxrss of the child, from wait4: peak RSS of that run alone
+    wall_s: float  # the whole child: interpreter start, imports, model loading, run
+    cpu_s: float  # user + system CPU seconds of the whole child (less sensitive to other load than wall time)
+    load_before: float  # 1-minute load average when it started (other work on the machine)
+    load_after: float
+    others_share: float  # share of all CPUs that other processes used during the run (0 = a quiet machine)
+
+
+def busy_fraction(sample_s: float = 3.0) -> float:
+    """Share of all CPU time that was not idle over the next ``sample_s`` seconds (from /proc/stat)."""
+
+    total0, idle0 = _cpu_ticks()
+    time.sleep(sample_s)
+    total1, idle1 = _cpu_ticks()
+    return 1.0 - (idle1 - idle0) / max(1, total1 - total0)
+
+
+def _cpu_ticks() -> tuple[int, int]:
+    """``(total, idle)`` clock ticks of all CPUs since boot (idle includes iowait)."""
+    values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    return sum(values), values[3] + values[4]
+
+
+def wait_for_quiet(max_wait_s: float, *, threshold: float = 0.10) -> float:
+    """Wait (up to ``max_wait_s``) until other work uses under ``threshold`` of the CPUs; returns that share."""
+    deadline = time.perf_counter() + max_wait_s
+    quiet_needed = 3  # consecutive quiet samples: test runs of other people come in bursts
+    quiet = 0
+    busy = 1.0
+    while quiet < quiet_needed and time.perf_counter() < deadline:
+        busy = busy_fraction()
+        if busy < threshold:
+            quiet += 1
+            continue
+        quiet = 0
+        print(f"  waiting for a quiet machine (CPUs {busy:.0%} busy) ...", file=sys.stderr, flush=True)
+        time.sleep(7)
+    return busy
+
+
+def run_child(module: str, spec: dict, *, timeout: float | None = None) -> ChildRun:
+    """Run ``python -m module --child SPEC_JSON --result FILE`` in a fresh process; collect its JSON."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="lipsync-bench-") as tmp:
+        result_path = Path(tmp) / "result.json"
+        argv = [sys.executable, "-m", module, "--child", json.dumps(spec), "--result", str(result_path)]
+        env = dict(os.environ, LIPSYNC_CACHE_DIR=str(Path(tmp) / "cache"))
+        load_before = os.getloadavg()[0]
+        ticks0 = _cpu_ticks()
+        start = time.perf_counter()
+        proc = subprocess.Popen(argv, cwd=ROOT, env=env)
+        deadline = None if timeout is None else start + timeout
+        while True:
+            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+            if pid:
+                break
+            if deadline is not None and time.perf_counter() > deadline:
+                proc.kill()
+                pid, status, usage = os.wait4(proc.pid, 0)
+                break
+            time.sleep(0.2)
+        proc.returncode = os.waitstatus_to_exitcode(status)  # Popen must not wait on a reaped child
+        wall = time.perf_counter() - start
+        ticks1 = _cpu_ticks()
+        load_after = os.getloadavg()[0]
+        # busy CPU time of the whole machine minus the child's own
+        hz = os.sysconf("SC_CLK_TCK")
+        machine_busy = ((ticks1[0] - ticks0[0]) - (ticks1[1] - ticks0[1])) / hz
+        cpu_s = usage.ru_utime + usage.ru_stime
+        others = max(0.0, machine_busy - cpu_s) / (wall * (os.cpu_count() or 1))
+        if proc.returncode != 0 or not result_path.is_file():
+            result = {"error": f"child exited with status {proc.returncode} (see its output above)"}
+        else:
+            result = json.loads(result_path.read_text())
+    return ChildRun(result=result, maxrss_mb=usage.ru_maxrss / 1024, wall_s=wall,
+                    cpu_s=cpu_s, load_before=load_before, load_after=load_after, others_share=others)
+
+
+def dump_runs(path: Path, runs: Sequence[tuple[str, ChildRun]]) -> None:
+    """Every run's figures as one JSON list (for filling in benchmarks/README.md)."""
+    rows = [{"run": label, **{k: v for k, v in asdict(run).items() if k != "result"}, **run.result}
+            for label, run in runs]
+    Path(path).write_text(json.dumps(rows, indent=1))
+
+
+def write_result(path: str, result: dict) -> None:
+    Path(path).write_text(json.dumps(result, indent=1))
+
+
+def print_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> None:
+    """A plain fixed-width table (also valid Markdown)."""
+    cells = [[str(h) for h in headers]] + [[_fmt(c) for c in row] for row in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+    lines = ["| " + " | ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) + " |" for r in cells]
+    lines.insert(1, "|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    print("\n".join(lines))
+
+
+def _fmt(value: object) -> str:
+    if isinstance(value, float):
+        if value != value:
+            return "-"
+        return f"{value:.1f}" if abs(value) >= 10 else f"{value:.2f}"
+    return "-" if value is None else str(value)
+
+
+def verdict(value: float, limit: float) -> str:
+    return "ok" if value <= limit else "OVER"
+
+
+def machine_note() -> str:
+    cores = os.cpu_count()
+    load = ", ".join(f"{v:.2f}" for v in os.getloadavg())
+    import torch
+
+    return f"{cores} cores, torch {torch.__version__} ({torch.get_num_threads()} threads), load average {load}"
