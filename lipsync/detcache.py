@@ -53,10 +53,14 @@ def save(key: str, dets: dict[int, np.ndarray]) -> None:
     frames = np.concatenate([np.full(len(d), i, np.int64) for i, d in dets.items()] or [np.zeros(0, np.int64)])
     rows = np.concatenate([np.asarray(d, np.float32).reshape(-1, 5) for d in dets.values()]
                           or [np.zeros((0, 5), np.float32)])
+    partial: Path | None = None
     try:
         folder.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=folder, suffix=".npz", delete=False) as fh:
+            partial = Path(fh.name)
             np.savez(fh, frames=frames, rows=rows, detected=np.array(sorted(dets), np.int64))
-        os.replace(fh.name, folder / f"{key}.npz")
+        os.replace(partial, folder / f"{key}.npz")
     except OSError as exc:
         log.warning("could not cache face detections in %s: %s", folder, exc)
+        if partial is not None:
+            partial.unlink(missing_ok=True)
