@@ -117,7 +117,6 @@ def ensure_weights(folder: Path | None) -> Path:
             return candidate
     target = candidates[-1] if folder is None else Path(folder)
     target.mkdir(parents=True, exist_ok=True)
-    sys.path.insert(0, str(ROOT))
     from tests.weightgen import write_all
 
     print(f"writing generated full-size checkpoints into {target} ...", file=sys.stderr)
@@ -254,6 +253,15 @@ def _fmt(value: object) -> str:
             return "-"
         return f"{value:.1f}" if abs(value) >= 10 else f"{value:.2f}"
     return "-" if value is None else str(value)
+
+
+def group_runs(runs: Sequence[tuple[str, ChildRun]]) -> dict[tuple[str, int], list[ChildRun]]:
+    """Successful runs by (preset, clip seconds); several when ``--repeat`` was given."""
+    groups: dict[tuple[str, int], list[ChildRun]] = {}
+    for _, run in runs:
+        if "error" not in run.result:
+            groups.setdefault((run.result["mode"], run.result["seconds"]), []).append(run)
+    return groups
 
 
 def verdict(value: float, limit: float) -> str:
