@@ -1,0 +1,106 @@
+"""Winograd F(2x2, 3x3) convolutions: equal to direct ones, and the detectors keep their golden outputs."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from face_detection import postprocess as pp
+from face_detection.s3fd import S3FD
+from face_detection.sfd_face import SFDFace
+from face_detection.winograd import WinogradConv2d, conv3x3, transform_kernel, transform_matrices, use_winograd
+from tests.weightgen import golden_state_dict
+
+HEAD_NAMES = [f"{kind}{level}" for level in range(1, 7) for kind in ("cls", "reg")]
+
+
+@pytest.mark.parametrize(("batch", "cin", "cout", "height", "width"),
+                         [(1, 8, 16, 6, 10), (2, 5, 3, 7, 9), (3, 4, 4, 1, 1), (1, 16, 8, 2, 13), (2, 3, 7, 11, 4)])
+@pytest.mark.parametrize("with_bias", [True, False])
+@pytest.mark.parametrize("block", [2, 4, 6])
+def test_conv3x3_equals_direct_convolution(batch, cin, cout, height, width, with_bias, block):
+    gen = torch.Generator().manual_seed(batch * 100 + cin + height)
+    x = torch.randn(batch, cin, height, width, generator=gen)
+    w = torch.randn(cout, cin, 3, 3, generator=gen)
+    b = torch.randn(cout, generator=gen) if with_bias else None
+    ref = F.conv2d(x.double(), w.double(), None if b is None else b.double(), padding=1)
+    out = conv3x3(x, transform_kernel(w, block), b)
+    assert out.shape == ref.shape and out.dtype == torch.float32
+    np.testing.assert_allclose(out.double().numpy(), ref.numpy(), rtol=0, atol=1e-5 * float(ref.abs().max()))
+
+
+@pytest.mark.parametrize("block", [1, 2, 3, 4, 5, 6])
+def test_transform_matrices_compute_a_1d_correlation(block):
+    a_t, g, b_t = transform_matrices(block)
+    rng = np.random.default_rng(block)
+    d, k = torch.from_numpy(rng.normal(size=block + 2)), torch.from_numpy(rng.normal(size=3))
+    expected = torch.stack([d[i:i + 3] @ k for i in range(block)])
+    torch.testing.assert_close(a_t @ ((g @ k) * (b_t @ d)), expected, rtol=0, atol=1e-12)
+
+
+def test_conv3x3_accepts_channels_last_and_contiguous_inputs():
+    x = torch.randn(2, 6, 9, 8)
+    w = torch.randn(5, 6, 3, 3)
+    kernel = transform_kernel(w)
+    a = conv3x3(x, kernel)
+    b = conv3x3(x.contiguous(memory_format=torch.channels_last), kernel)
+    torch.testing.assert_close(a, b, rtol=0, atol=0)
+    ref = F.conv2d(x, w, padding=1)
+    torch.testing.assert_close(a, ref, rtol=0, atol=1e-5 * float(ref.abs().max()))
+
+
+def test_module_and_eligibility():
+    conv = torch.nn.Conv2d(4, 6, 3, padding=1)
+    module = WinogradConv2d(conv)
+    x = torch.randn(1, 4, 5, 5)
+    with torch.inference_mode():
+        torch.testing.assert_close(module(x), conv(x), rtol=1e-5, atol=1e-5)
+    assert module.state_dict() == {}
+    for bad in (torch.nn.Conv2d(4, 6, 3, padding=1, stride=2), torch.nn.Conv2d(4, 6, 3, padding=6, dilation=6),
+                torch.nn.Conv2d(4, 6, 1), torch.nn.Conv2d(4, 6, 3, padding=1, groups=2)):
+        with pytest.raises(ValueError, match="not a 3x3 stride-1"):
+            WinogradConv2d(bad)
+    with pytest.raises(ValueError, match="Cout, Cin, 3, 3"):
+        transform_kernel(torch.zeros(2, 2, 1, 1))
+    with pytest.raises(ValueError, match="does not fit"):
+        conv3x3(torch.zeros(1, 3, 4, 4), transform_kernel(torch.zeros(2, 4, 3, 3)))
+
+
+@pytest.mark.parametrize(("net_cls", "manifest"), [(S3FD, "s3fd.json"), (SFDFace, "sfd_face.json")])
+def test_use_winograd_converts_the_wide_vgg_layers(net_cls, manifest):
+    net = net_cls.from_state_dict(golden_state_dict(manifest))
+    converted = use_winograd(net)
+    wino = [m for m in net.modules() if isinstance(m, WinogradConv2d)]
+    # conv3_1 (128->256) through conv5_3; fc6, the stride-2 extras and the thin heads stay direct
+    assert converted == len(wino) == 9
+    assert sorted((m.in_channels, m.out_channels) for m in wino) == sorted(
+        [(128, 256), (256, 256), (256, 256), (256, 512)] + [(512, 512)] * 5)
+
+
+def test_s3fd_heads_match_golden_with_winograd(golden):
+    net = S3FD.from_state_dict(golden_state_dict("s3fd.json")).to(memory_format=torch.channels_last)
+    use_winograd(net)
+    g = golden("s3fd_heads")
+    with torch.inference_mode():
+        heads = net(torch.from_numpy(g["net_input"]))
+    for name, out in zip(HEAD_NAMES, heads, strict=True):
+        np.testing.assert_allclose(out.numpy(), g[name], atol=2e-5, rtol=1e-4, err_msg=name)
+
+
+def test_sfd_face_matches_golden_with_winograd(golden):
+    net = SFDFace.from_state_dict(golden_state_dict("sfd_face.json")).to(memory_format=torch.channels_last)
+    use_winograd(net)
+    g = golden("sfd_face_net")
+    x = torch.from_numpy(g["net_input"])[None]
+    with torch.inference_mode():
+        out = net(x)
+    np.testing.assert_allclose(out.loc.numpy(), g["loc"], atol=2e-5)
+    np.testing.assert_allclose(out.conf.numpy(), g["conf_softmax"], atol=2e-5)
+    det = net.detect(x)
+    ref = g["detections"]
+    strong = ref[0, 1, :, 0] > 0.5
+    assert strong.sum() > 0 and (det[0, 1, :, 0] > 0.5).sum() == strong.sum()
+    np.testing.assert_allclose(det[0, 1, strong, 1:], ref[0, 1, strong, 1:], atol=1e-4)
+    assert det.shape == (1, 2, pp.SSD_TOP_K, 5)
