@@ -9,7 +9,6 @@ same frame at inference), both BGR /255. The output is the BGR face in [0, 1].
 
 from __future__ import annotations
 
-import logging
 import os
 
 import numpy as np
@@ -17,8 +16,7 @@ import torch
 from torch import nn
 
 from lipsync import weights
-
-log = logging.getLogger(__name__)
+from lipsync.batching import in_batches
 
 FACE_SIZE = 96  # generator input/output side, pixels
 MASK_FROM_ROW = FACE_SIZE // 2  # rows 48..95 (mouth half) are hidden from the generator
@@ -203,25 +201,15 @@ def generate(model: Wav2Lip, mels: np.ndarray, crops: np.ndarray, *, batch_size:
         return out
     param = next(model.parameters())
     device, channels_last = param.device, _uses_channels_last(model)
-    size = max(1, min(batch_size or total, total))
-    start = 0
+
+    def run(start: int, stop: int) -> None:
+        audio = torch.from_numpy(mels[start:stop, None]).to(device)  # (b, 1, 80, 16)
+        # permuting an NHWC array gives a channels_last tensor without a copy
+        face = torch.from_numpy(_faces_nhwc(crops[start:stop])).permute(0, 3, 1, 2).to(device)
+        if not channels_last:
+            face = face.contiguous()
+        out[start:stop] = to_u8(model(audio, face))
+
     with torch.inference_mode():
-        while start < total:
-            stop = min(start + size, total)
-            try:
-                audio = torch.from_numpy(mels[start:stop, None]).to(device)  # (b, 1, 80, 16)
-                # permuting an NHWC array gives a channels_last tensor without a copy
-                face = torch.from_numpy(_faces_nhwc(crops[start:stop])).permute(0, 3, 1, 2).to(device)
-                if not channels_last:
-                    face = face.contiguous()
-                out[start:stop] = to_u8(model(audio, face))
-            except torch.OutOfMemoryError:
-                if size == 1:
-                    raise
-                size //= 2
-                log.warning("out of memory in the Wav2Lip generator; retrying with batch size %d", size)
-                if device.type == "cuda":
-                    torch.cuda.empty_cache()
-                continue
-            start = stop
+        in_batches(run, total, batch_size or total, what="the Wav2Lip generator", device=device)
     return out

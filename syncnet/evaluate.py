@@ -41,12 +41,14 @@ from tqdm.auto import tqdm
 from face_detection.detector import FaceDetector
 from face_detection.tracking import Track, link_tracks
 from lipsync import weights
+from lipsync.batching import in_batches
 from lipsync.errors import InputError, NoFaceError, WeightsError
 from lipsync.media import MediaInfo, iter_frames, load_audio, probe
 from syncnet import scenes
 from syncnet.crops import CROP_SCALE, CROP_SIZE, JpegRoundTrip, crop_face, smooth_track
+from syncnet.fused import FusedSyncNet
 from syncnet.mfcc import mfcc
-from syncnet.model import WINDOW_FRAMES, SyncNet, load_syncnet
+from syncnet.model import WINDOW_FRAMES, load_syncnet
 from syncnet.score import (
     AUDIO_RATE,
     SAMPLES_PER_FRAME,
@@ -185,7 +187,7 @@ class _LipWindows:
     by the audio. Only the crops of unfinished windows are kept (at most a batch plus 5).
     """
 
-    def __init__(self, model: SyncNet, device: torch.device, batch_size: int, limit: int) -> None:
+    def __init__(self, model: FusedSyncNet, device: torch.device, batch_size: int, limit: int) -> None:
         self.model, self.device, self.batch_size, self.limit = model, device, batch_size, limit
         self.buffer: list[np.ndarray] = []  # crops from the first window not yet embedded
         self.done = 0
@@ -223,20 +225,16 @@ class _LipWindows:
 
 @torch.inference_mode()
 def _forward(fn: Any, batch: torch.Tensor, device: torch.device, batch_size: int | None = None) -> torch.Tensor:
-    """Run ``fn`` on ``batch`` in pieces of ``batch_size``, halving them on GPU out-of-memory."""
+    """Run ``fn`` on ``batch`` in pieces of ``batch_size``, halving them on out-of-memory (see in_batches)."""
     if len(batch) == 0:
         return torch.zeros(0, 1024)
-    size = max(1, batch_size or len(batch))
-    while True:
-        try:
-            return torch.cat([fn(batch[i:i + size].to(device)).float().cpu() for i in range(0, len(batch), size)])
-        except torch.OutOfMemoryError:
-            if size == 1:
-                raise
-            size //= 2
-            log.warning("out of memory in SyncNet; retrying with batch size %d", size)
-            if device.type == "cuda":
-                torch.cuda.empty_cache()
+    parts: list[torch.Tensor] = []
+
+    def run(start: int, stop: int) -> None:
+        parts.append(fn(batch[start:stop].to(device)).float().cpu())
+
+    in_batches(run, len(batch), batch_size or len(batch), what="SyncNet", device=device)
+    return torch.cat(parts)
 
 
 @dataclass
@@ -271,15 +269,16 @@ class SyncNetEvaluator:
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self._syncnet_name = syncnet
         self._detector_name = detector
-        self._syncnet: SyncNet | None = None
+        self._syncnet: FusedSyncNet | None = None
         self._detector: FaceDetector | None = None
         self._lock = threading.Lock()
 
     @property
-    def syncnet(self) -> SyncNet:
+    def syncnet(self) -> FusedSyncNet:
         with self._lock:
             if self._syncnet is None:
-                self._syncnet = load_syncnet(self._syncnet_name, device=self.device, weights_dir=self.weights_dir)
+                model = load_syncnet(self._syncnet_name, device=self.device, weights_dir=self.weights_dir)
+                self._syncnet = FusedSyncNet(model)
             return self._syncnet
 
     @property

@@ -16,6 +16,7 @@ import torch
 from lipsync.errors import InputError, WeightsError
 from syncnet import crops, scenes, score
 from syncnet.evaluate import EvalOptions, _LipWindows, to_int16
+from syncnet.fused import FusedSyncNet, fold_tower
 from syncnet.mfcc import frame_count, mfcc
 from syncnet.model import SyncNet, load_syncnet
 
@@ -50,6 +51,46 @@ def test_embeddings_match_golden(syncnet_model: SyncNet, golden):
     assert lip.shape == aud.shape == (2, 1024)
     assert rel_err(lip, g["lip_embedding"]) < 1e-4
     assert rel_err(aud, g["audio_embedding"]) < 1e-4
+
+
+def test_fused_model_matches_golden(syncnet_model: SyncNet, golden):
+    """The evaluator's folded, 2-D net gives the golden embeddings too, and the model's own to ~1e-5."""
+    g = golden("syncnet_embeddings")
+    fused = FusedSyncNet(syncnet_model)
+    lip_in, aud_in = torch.from_numpy(g["lip_input_u8"].astype(np.float32)), torch.from_numpy(g["audio_input"])
+    with torch.inference_mode():
+        lip, aud = fused.forward_lip(lip_in).numpy(), fused.forward_aud(aud_in).numpy()
+        assert rel_err(lip, syncnet_model.forward_lip(lip_in).numpy()) < 1e-5
+        assert rel_err(aud, syncnet_model.forward_aud(aud_in).numpy()) < 1e-5
+    assert rel_err(lip, g["lip_embedding"]) < 1e-4
+    assert rel_err(aud, g["audio_embedding"]) < 1e-4
+    # folding copies: the model itself is unchanged
+    assert any(isinstance(m, torch.nn.BatchNorm3d) for m in syncnet_model.netcnnlip)
+    assert not any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm | torch.nn.Conv3d)
+                   for m in [*fused.lip_cnn, *fused.aud_cnn])
+
+
+@pytest.mark.parametrize(("n", "extra"), [(1, 0), (3, 0), (5, 2)])
+def test_lip_windows_values_and_layout(n: int, extra: int):
+    frames = np.random.default_rng(n).integers(0, 256, (n + 4 + extra, 8, 6, 3), np.uint8)
+    windows = score.lip_windows(frames, n)
+    expected = torch.stack([torch.from_numpy(frames[i:i + 5]).permute(3, 0, 1, 2) for i in range(n)]).float()
+    torch.testing.assert_close(windows, expected, rtol=0, atol=0)
+    # (B, H, W, time, channel) in memory: FusedSyncNet reshapes it to 2-D input without a copy
+    assert windows.permute(0, 3, 4, 2, 1).is_contiguous()
+    with pytest.raises(ValueError, match="need 9 frames for 5 windows"):
+        score.lip_windows(frames[:8], 5)
+
+
+def test_fold_tower_refuses_what_it_cannot_convert():
+    with pytest.raises(ValueError, match="does not reduce 5 time steps"):
+        fold_tower(torch.nn.Sequential(torch.nn.Conv3d(3, 4, (3, 3, 3))), 5)
+    with pytest.raises(ValueError, match="must follow a convolution"):
+        fold_tower(torch.nn.Sequential(torch.nn.BatchNorm2d(3)))
+    with pytest.raises(ValueError, match="cannot fold"):
+        fold_tower(torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.Sigmoid()))
+    with pytest.raises(ValueError, match="cannot fold MaxPool3d"):
+        fold_tower(torch.nn.Sequential(torch.nn.MaxPool3d((1, 2, 2))), 5)
 
 
 def test_checkpoint_without_num_batches_tracked_loads(weights_dir: Path, tmp_path: Path, golden):
