@@ -425,6 +425,7 @@ class SyncNetEvaluator:
                 dets[i] = d
             pending.clear()
 
+        latest: tuple[int, np.ndarray] | None = None  # the newest frame that was not a key frame
         for index, frame in enumerate(tqdm(iter_frames(path, fps=VIDEO_FPS), total=_expected_frames(info),
                                            desc="face detection", unit="frame", disable=not progress)):
             if scorer is None:
@@ -432,9 +433,16 @@ class SyncNetEvaluator:
             scene_scores.append(scorer(frame))
             dets.append(empty)
             if index % options.detect_every == 0:
+                latest = None
                 pending.append((index, frame))
                 if len(pending) >= options.detect_batch_size:
                     flush()
+            else:
+                latest = (index, frame)
+        if latest is not None:
+            # the last frame is a key frame too, so that tracks reach the end of the video as the
+            # reference's (which detects every frame) do
+            pending.append(latest)
         if pending:
             flush()
         return dets, scene_scores

@@ -158,9 +158,11 @@ def test_detect_every_interpolates_boxes(tmp_path: Path):
     clip = planted_clip(tmp_path / "planted.mkv", 75, -1)
     ev = planted_evaluator()
     result = ev.evaluate(clip, EvalOptions(min_track=40, detect_every=5), progress=False)
-    assert ev._detector.seen == 15  # type: ignore[union-attr]  # frames 0, 5, ..., 70
+    assert ev._detector.seen == 16  # type: ignore[union-attr]  # frames 0, 5, ..., 70 and the last, 74
     assert result.tracks[0].offset == 1
-    assert (result.tracks[0].first_frame, result.tracks[0].last_frame) == (0, 70)
+    # the track reaches the last frame, as with detection on every frame
+    assert (result.tracks[0].first_frame, result.tracks[0].last_frame) == (0, 74)
+    assert result.tracks[0].n_windows == 70
 
 
 def test_short_track_error_says_how_long_and_what_to_change(tmp_path: Path):
