@@ -81,10 +81,17 @@ def transform_kernel(weight: torch.Tensor, block: int = DEFAULT_BLOCK) -> torch.
     _, g, _ = transform_matrices(block)
     size = block + 2
     cout, cin = weight.shape[:2]
-    # (G g G^T)[i, j] = sum over k, l of G[i, k] G[j, l] g[k, l]: one product with the Kronecker G (x) G
-    taps = weight.detach().double().permute(2, 3, 1, 0).reshape(9, cin * cout)  # (k*3 + l, Cin*Cout)
-    u = (torch.kron(g, g).to(weight.device) @ taps).view(size, size, cin, cout)  # (row i, col j, Cin, Cout)
-    return u.transpose(0, 1).reshape(size * size, cin, cout).to(weight.dtype).contiguous()
+    # (G g G^T)[i, j] = sum over k, l of G[i, k] G[j, l] g[k, l]: one product with the Kronecker G (x) G,
+    # a few output channels at a time so that the float64 temporaries stay near 16 MB
+    kron = torch.kron(g, g).to(weight.device)  # (i*size + j, k*3 + l)
+    out = torch.empty(size * size, cin, cout, dtype=weight.dtype, device=weight.device)
+    step = max(1, (1 << 21) // (cin * size * size))
+    for start in range(0, cout, step):
+        part = weight[start:start + step].detach().double()
+        taps = part.permute(2, 3, 1, 0).reshape(9, -1)  # (k*3 + l, Cin * n)
+        u = (kron @ taps).view(size, size, cin, part.shape[0])  # (row i, col j, Cin, n)
+        out[:, :, start:start + part.shape[0]] = u.transpose(0, 1).reshape(size * size, cin, -1)
+    return out
 
 
 def conv3x3(x: torch.Tensor, kernel: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:

@@ -11,6 +11,7 @@ from face_detection.boxes import wav2lip_rect
 from face_detection.detector import FaceDetector
 from face_detection.s3fd import S3FD
 from face_detection.sfd_face import SFDFace, SFDOutput
+from face_detection.winograd import WinogradConv2d, use_winograd
 from tests.weightgen import golden_state_dict, manifest_entries
 
 HEAD_NAMES = [f"{kind}{level}" for level in range(1, 7) for kind in ("cls", "reg")]
@@ -26,14 +27,22 @@ def sfd_sd() -> dict[str, torch.Tensor]:
     return golden_state_dict("sfd_face.json")
 
 
-@pytest.fixture(scope="module")
-def s3fd_net(s3fd_sd) -> S3FD:
-    return S3FD.from_state_dict(s3fd_sd)
+def _as_run(net: torch.nn.Module, how: str) -> torch.nn.Module:
+    """``direct``: the net as loaded; ``winograd``: as FaceDetector runs it on CPU (channels-last, Winograd)."""
+    if how == "winograd":
+        net = net.to(memory_format=torch.channels_last)
+        assert use_winograd(net) == 9
+    return net
 
 
-@pytest.fixture(scope="module")
-def sfd_net(sfd_sd) -> SFDFace:
-    return SFDFace.from_state_dict(sfd_sd)
+@pytest.fixture(scope="module", params=["direct", "winograd"])
+def s3fd_net(request, s3fd_sd) -> S3FD:
+    return _as_run(S3FD.from_state_dict(s3fd_sd), request.param)
+
+
+@pytest.fixture(scope="module", params=["direct", "winograd"])
+def sfd_net(request, sfd_sd) -> SFDFace:
+    return _as_run(SFDFace.from_state_dict(sfd_sd), request.param)
 
 
 # --- networks ----------------------------------------------------------------------------------------
@@ -277,6 +286,15 @@ def test_detector_halves_batch_on_out_of_memory(s3fd_sd):
     assert len(out) == 7 and all(len(d) == 1 for d in out)
     assert det.batch_size == 2
     assert [len(x) for x in det.net.inputs] == [2, 2, 2, 1]
+
+
+def test_detector_winograd_option(s3fd_sd):
+    def blocks(det: FaceDetector) -> list[int]:
+        return [m.block for m in det.net.modules() if isinstance(m, WinogradConv2d)]
+
+    assert blocks(FaceDetector(s3fd_sd)) == [4] * 9
+    assert blocks(FaceDetector(s3fd_sd, winograd=2)) == [2] * 9
+    assert blocks(FaceDetector(s3fd_sd, winograd=None)) == []
 
 
 def test_detector_errors(s3fd_sd, sfd_sd):

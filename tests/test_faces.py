@@ -101,3 +101,13 @@ def test_wrong_detector_checkpoint_is_a_weights_error(weights_dir):
 
     with pytest.raises(WeightsError, match=r"sfd_face.pth: s3fd checkpoint does not fit.*variant='sfd_face'"):
         faces.load_detector(weights_dir / "sfd_face.pth", "s3fd")
+
+
+def test_lip_sync_detector_uses_direct_convolutions(weights_dir):
+    """Winograd kernels cost the lip-sync engine more memory than their speed is worth (see load_detector)."""
+    from face_detection.winograd import WinogradConv2d
+
+    det = faces.load_detector(weights_dir / "s3fd.pth", "s3fd")
+    assert not any(isinstance(m, WinogradConv2d) for m in det.net.modules())
+    det = faces.load_detector(weights_dir / "s3fd.pth", "s3fd", winograd=4)
+    assert sum(isinstance(m, WinogradConv2d) for m in det.net.modules()) == 9
