@@ -14,12 +14,13 @@ scale the pipeline detects in (key frames, refinement, 0.25 scale, JPEG round tr
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -274,3 +275,50 @@ def machine_note() -> str:
     import torch
 
     return f"{cores} cores, torch {torch.__version__} ({torch.get_num_threads()} threads), load average {load}"
+
+
+def add_common_arguments(parser: argparse.ArgumentParser, what: str) -> None:
+    """The options both benchmarks take (``what`` names the code under test in the help)."""
+    parser.add_argument("--seconds", type=int, nargs="+", default=[10, 60], help="clip lengths (default 10 60)")
+    parser.add_argument("--no-plant", action="store_true",
+                        help="do not plant face boxes: with random weights no face is found")
+    parser.add_argument("--weights", type=Path, help="folder of generated checkpoints (made if missing)")
+    parser.add_argument("--clips", type=Path, default=DEFAULT_CACHE / "clips", help="where clips are kept")
+    parser.add_argument("--json", type=Path, help="also write every run's figures here")
+    parser.add_argument("--wait-quiet", type=float, default=600, metavar="S",
+                        help="before each run, wait up to S seconds for other work to stop (default 600; 0: no)")
+    parser.add_argument("--repeat", type=int, default=1, help="runs of each setting (default 1)")
+    parser.add_argument("--timeout", type=float, default=None, help="seconds allowed per run")
+    parser.add_argument("--progress", action="store_true", help=f"show the {what}'s progress bars")
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    parser.add_argument("--result", help=argparse.SUPPRESS)
+
+
+def run_all(module: str, args: argparse.Namespace, modes: Sequence[str], extra_spec: dict,
+            report: Callable[[list[tuple[str, ChildRun]]], None]) -> None:
+    """Run every (clip length, mode, repeat) of ``module`` in its own child process, then report.
+
+    Each child gets a spec with the clip, its planted boxes, the weights, the mode and ``extra_spec``.
+    """
+    if not args.progress:
+        os.environ["TQDM_DISABLE"] = "1"
+    weights = ensure_weights(args.weights)
+    runs: list[tuple[str, ChildRun]] = []
+    print(f"machine: {machine_note()}", flush=True)
+    for seconds in args.seconds:
+        clip, boxes = ensure_clip(seconds, args.clips)
+        for mode, k in ((m, k) for m in modes for k in range(args.repeat)):
+            label = f"{seconds} s {mode}" + (f" #{k + 1}" if args.repeat > 1 else "")
+            if args.wait_quiet > 0:
+                wait_for_quiet(args.wait_quiet)
+            print(f"running {label} ...", file=sys.stderr, flush=True)
+            spec = {"seconds": seconds, "clip": str(clip), "boxes": str(boxes), "weights": str(weights),
+                    "mode": mode, "plant": not args.no_plant, "progress": args.progress, **extra_spec}
+            run = run_child(module, spec, timeout=args.timeout)
+            runs.append((label, run))
+            print(f"  {label}: {json.dumps(run.result)[:300]}", file=sys.stderr, flush=True)
+    print()
+    report(runs)
+    print(f"\nmachine after: {machine_note()}")
+    if args.json:
+        dump_runs(args.json, runs)

@@ -20,27 +20,19 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
 
 from benchmarks._common import (
-    DEFAULT_CACHE,
     ChildRun,
     PlantedDetector,
-    dump_runs,
-    ensure_clip,
-    ensure_weights,
+    add_common_arguments,
     group_runs,
-    machine_note,
     peak_rss_mb,
     print_table,
-    run_child,
+    run_all,
     verdict,
-    wait_for_quiet,
     write_result,
 )
 
@@ -154,49 +146,15 @@ def _targets(runs: list[tuple[str, ChildRun]]) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--seconds", type=int, nargs="+", default=[10, 60], help="clip lengths (default 10 60)")
     parser.add_argument("--presets", nargs="+", default=["reference", "fast"], choices=PRESETS,
                         help="evaluator settings to run (default reference fast)")
     parser.add_argument("--fast-every", type=int, default=5, help="detect_every of the fast presets (default 5)")
-    parser.add_argument("--no-plant", action="store_true",
-                        help="do not plant face boxes: with random weights no face is found")
-    parser.add_argument("--weights", type=Path, help="folder of generated checkpoints (made if missing)")
-    parser.add_argument("--clips", type=Path, default=DEFAULT_CACHE / "clips", help="where clips are kept")
-    parser.add_argument("--json", type=Path, help="also write every run's figures here")
-    parser.add_argument("--wait-quiet", type=float, default=600, metavar="S",
-                        help="before each run, wait up to S seconds for other work to stop (default 600; 0: no)")
-    parser.add_argument("--repeat", type=int, default=1, help="runs of each setting (default 1)")
-    parser.add_argument("--timeout", type=float, default=None, help="seconds allowed per run")
-    parser.add_argument("--progress", action="store_true", help="show the evaluator's progress bars")
-    parser.add_argument("--child", help=argparse.SUPPRESS)
-    parser.add_argument("--result", help=argparse.SUPPRESS)
+    add_common_arguments(parser, "evaluator")
     args = parser.parse_args()
     if args.child:
         child(json.loads(args.child), args.result)
         return
-    if not args.progress:
-        os.environ["TQDM_DISABLE"] = "1"
-    weights = ensure_weights(args.weights)
-    runs: list[tuple[str, ChildRun]] = []
-    print(f"machine: {machine_note()}", flush=True)
-    for seconds in args.seconds:
-        clip, boxes = ensure_clip(seconds, args.clips)
-        for mode, k in ((m, k) for m in args.presets for k in range(args.repeat)):
-            label = f"{seconds} s {mode}" + (f" #{k + 1}" if args.repeat > 1 else "")
-            if args.wait_quiet > 0:
-                wait_for_quiet(args.wait_quiet)
-            print(f"running {label} ...", file=sys.stderr, flush=True)
-            spec = {"seconds": seconds, "clip": str(clip), "boxes": str(boxes), "weights": str(weights),
-                    "mode": mode, "plant": not args.no_plant, "fast_every": args.fast_every,
-                    "progress": args.progress}
-            run = run_child("benchmarks.bench_evaluate", spec, timeout=args.timeout)
-            runs.append((label, run))
-            print(f"  {label}: {json.dumps(run.result)[:300]}", file=sys.stderr, flush=True)
-    print()
-    report(runs)
-    print(f"\nmachine after: {machine_note()}")
-    if args.json:
-        dump_runs(args.json, runs)
+    run_all("benchmarks.bench_evaluate", args, args.presets, {"fast_every": args.fast_every}, report)
 
 
 if __name__ == "__main__":
