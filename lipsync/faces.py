@@ -11,6 +11,7 @@ import os
 from collections.abc import Iterable, Mapping
 
 import numpy as np
+import torch
 
 from face_detection.boxes import choose_face, fill_gaps, nan_runs, pad_boxes, smooth_boxes
 from face_detection.detector import FaceDetector, Variant
@@ -25,7 +26,7 @@ SAME_FACE_IOU = 0.3
 SMOOTH_WINDOW = 5
 
 
-def load_detector(name_or_path: str | os.PathLike, variant: Variant, *, device: str = "cpu",
+def load_detector(name_or_path: str | os.PathLike, variant: Variant, *, device: str | torch.device = "cpu",
                   weights_dir: str | os.PathLike | None = None, winograd: int | None = None) -> FaceDetector:
     """An S3FD detector from a registry name or file (``s3fd`` for lip sync, ``sfd_face`` for scoring).
 

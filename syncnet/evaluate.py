@@ -40,9 +40,10 @@ from tqdm.auto import tqdm
 
 from face_detection.detector import FaceDetector
 from face_detection.tracking import Track, link_tracks
-from lipsync import weights
+from face_detection.winograd import DEFAULT_BLOCK
 from lipsync.batching import in_batches
-from lipsync.errors import InputError, NoFaceError, WeightsError
+from lipsync.errors import InputError, NoFaceError
+from lipsync.faces import load_detector
 from lipsync.media import MediaInfo, iter_frames, load_audio, probe
 from syncnet import scenes
 from syncnet.crops import CROP_SCALE, CROP_SIZE, JpegRoundTrip, crop_face, smooth_track
@@ -285,12 +286,9 @@ class SyncNetEvaluator:
     def detector(self) -> FaceDetector:
         with self._lock:
             if self._detector is None:
-                path = weights.resolve(self._detector_name, weights_dir=self.weights_dir)
-                state_dict = weights.load_state_dict(path)
-                try:
-                    self._detector = FaceDetector(state_dict, variant="sfd_face", device=self.device)
-                except ValueError as exc:  # the detector's key/shape check
-                    raise WeightsError(f"{path} is not an sfd_face checkpoint: {exc}") from exc
+                # every frame is detected here, so the Winograd kernels' memory is worth their speed
+                self._detector = load_detector(self._detector_name, "sfd_face", device=self.device,
+                                               weights_dir=self.weights_dir, winograd=DEFAULT_BLOCK)
             return self._detector
 
     def evaluate(self, path: str | os.PathLike, options: EvalOptions = EvalOptions(), *,

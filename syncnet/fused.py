@@ -118,6 +118,7 @@ class FusedSyncNet(nn.Module):
     def forward_lip(self, frames: torch.Tensor) -> torch.Tensor:
         """(B,3,5,224,224) float BGR 0..255 -> (B,1024), as :meth:`SyncNet.forward_lip`."""
         batch, channels, steps, height, width = frames.shape
-        # one copy into (B, H, W, time, channel) memory = channels-last (B, time*channel, H, W)
+        # (B, H, W, time, channel) memory is channels-last (B, time*channel, H, W): a view for windows
+        # from score.lip_windows, one copy for other layouts
         x = frames.permute(0, 3, 4, 2, 1).reshape(batch, height, width, steps * channels).permute(0, 3, 1, 2)
         return self.lip_fc(self.lip_cnn(x).flatten(1))

@@ -277,3 +277,14 @@ def test_cli_errors_exit_2_without_traceback_or_temp_files(tmp_path: Path, weigh
     bad_option = run_cli(str(fake), "--min-track", "1", cwd=work, weights_dir=weights_dir)
     assert bad_option.returncode == 2 and "min_track" in bad_option.stderr and "Traceback" not in bad_option.stderr
     assert list(work.iterdir()) == [] and sorted(inputs.iterdir()) == before
+
+
+def test_evaluator_detector_is_sfd_face_with_winograd_and_checks_the_file(weights_dir: Path):
+    from face_detection.winograd import WinogradConv2d
+    from lipsync.errors import WeightsError
+
+    det = SyncNetEvaluator(weights_dir, device="cpu").detector
+    assert det.variant == "sfd_face"
+    assert sum(isinstance(m, WinogradConv2d) for m in det.net.modules()) == 9
+    with pytest.raises(WeightsError, match=r"s3fd.pth: sfd_face checkpoint does not fit"):
+        SyncNetEvaluator(weights_dir, device="cpu", detector=weights_dir / "s3fd.pth").detector  # noqa: B018
