@@ -1,25 +1,7 @@
 """Face detection for lip sync and its evaluation: S3FD nets, decoding/NMS, box logic, face tracks.
 
-Imports nothing from the rest of this project: networks take an already-loaded state dict.
+The bottom layer of the project: it imports nothing from the rest of it (networks take an
+already-loaded state dict), so the pieces every network shares live here too (``batching``,
+``keyframes``). Import the submodules themselves (``face_detection.detector``...): this package
+imports nothing at start-up, so the pure box logic loads without torch.
 """
-
-from face_detection.boxes import choose_face, fill_gaps, nan_runs, pad_boxes, smooth_boxes, wav2lip_rect
-from face_detection.detector import FaceDetector
-from face_detection.s3fd import S3FD
-from face_detection.sfd_face import SFDFace
-from face_detection.tracking import Track, iou, link_tracks
-
-__all__ = [
-    "S3FD",
-    "FaceDetector",
-    "SFDFace",
-    "Track",
-    "choose_face",
-    "fill_gaps",
-    "iou",
-    "link_tracks",
-    "nan_runs",
-    "pad_boxes",
-    "smooth_boxes",
-    "wav2lip_rect",
-]

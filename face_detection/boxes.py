@@ -64,10 +64,10 @@ def smooth_boxes(boxes: np.ndarray, window: int = WAV2LIP_SMOOTH_WINDOW) -> np.n
     return out
 
 
-def nan_runs(mask: np.ndarray) -> list[tuple[int, int]]:
-    """Inclusive (first, last) index ranges where ``mask`` is False."""
-    bad = ~np.asarray(mask, dtype=bool).ravel()
-    edges = np.diff(np.concatenate([[0], bad.astype(np.int8), [0]]))
+def true_runs(mask: np.ndarray) -> list[tuple[int, int]]:
+    """Inclusive (first, last) index ranges where ``mask`` is True."""
+    hits = np.asarray(mask, dtype=bool).ravel()
+    edges = np.diff(np.concatenate([[0], hits.astype(np.int8), [0]]))
     starts = np.flatnonzero(edges == 1)
     ends = np.flatnonzero(edges == -1) - 1
     return [(int(a), int(b)) for a, b in zip(starts, ends, strict=True)]
@@ -82,7 +82,7 @@ def fill_gaps(boxes: np.ndarray, max_gap: int) -> tuple[np.ndarray, np.ndarray]:
     out = np.array(boxes, dtype=np.float64).reshape(-1, 4)
     found = ~np.isnan(out).any(axis=1)
     out[~found] = np.nan
-    for first, last in nan_runs(found):
+    for first, last in true_runs(~found):
         if first == 0 or last == len(out) - 1 or last - first + 1 > max_gap:
             continue
         before, after = out[first - 1], out[last + 1]

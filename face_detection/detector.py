@@ -7,7 +7,6 @@ without its "take the first box" step); ``variant="sfd_face"`` reproduces syncne
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Mapping, Sequence
 from typing import Literal
 
@@ -15,12 +14,11 @@ import cv2
 import numpy as np
 import torch
 
+from face_detection.batching import in_batches
 from face_detection.postprocess import s3fd_detections, sfd_face_detections, ssd_priors
 from face_detection.s3fd import S3FD
 from face_detection.sfd_face import SFDFace
-from face_detection.winograd import DEFAULT_BLOCK, use_winograd
-
-log = logging.getLogger(__name__)
+from face_detection.winograd import use_winograd
 
 Variant = Literal["s3fd", "sfd_face"]
 
@@ -61,12 +59,12 @@ class FaceDetector:
     ``state_dict``: the checkpoint's tensors (``s3fd.pth`` for ``"s3fd"``, ``sfd_face.pth`` for
     ``"sfd_face"``), already loaded, without any ``module.`` prefix. ``winograd``: on CPU, the output
     block size m of the Winograd F(m x m, 3x3) convolutions used for the wide layers (see
-    :mod:`face_detection.winograd`; 4 is fastest, 2 takes less memory), or None for direct ones.
+    :mod:`face_detection.winograd`; 4 is fastest, 2 takes less memory), or None (default) for direct ones.
     """
 
     def __init__(self, state_dict: Mapping[str, torch.Tensor], *, variant: Variant = "s3fd",
                  device: str | torch.device = "cpu", batch_size: int = DEFAULT_BATCH_SIZE,
-                 winograd: int | None = DEFAULT_BLOCK) -> None:
+                 winograd: int | None = None) -> None:
         if variant not in MEAN_RGB:
             raise ValueError(f"unknown detector variant '{variant}'; available: {', '.join(MEAN_RGB)}")
         if batch_size < 1:
@@ -114,20 +112,13 @@ class FaceDetector:
         if self.device.type == "cpu":
             size = max(1, min(size, CPU_BATCH_PIXELS // (net_h * net_w)))
         results: list[np.ndarray] = []
-        start = 0
-        while start < len(frames):
-            try:
-                results += self._detect_batch(frames[start:start + size], (height, width))
-            except torch.OutOfMemoryError:
-                if size == 1:
-                    raise
-                size //= 2
-                self.batch_size = min(self.batch_size, size)
-                log.warning("out of memory in face detection; retrying with batch size %d", size)
-                if self.device.type == "cuda":
-                    torch.cuda.empty_cache()
-                continue
-            start += size
+
+        def run(start: int, stop: int) -> None:
+            results.extend(self._detect_batch(frames[start:stop], (height, width)))
+
+        worked = in_batches(run, len(frames), size, what="face detection", device=self.device)
+        if worked < min(size, len(frames)):  # halved on out-of-memory: later calls start from what fitted
+            self.batch_size = min(self.batch_size, worked)
         return results
 
     @torch.inference_mode()

@@ -1,13 +1,12 @@
 """Face detections cached by video content and detection options.
 
 Re-running the same video with a new audio track skips detection. Entries are small ``.npz`` files
-(a few numbers per frame) under ``$LIPSYNC_CACHE_DIR`` (default ``~/.cache/lipsync/detections``).
+(a few numbers per frame) under ``$LIPSYNC_CACHE_DIR`` (default ``~/.cache/lipsync/detections``),
+named by :func:`lipsync.hashing.content_key` of the video and the detection settings.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import os
 import tempfile
@@ -21,16 +20,6 @@ log = logging.getLogger(__name__)
 def cache_dir() -> Path:
     root = os.environ.get("LIPSYNC_CACHE_DIR") or Path.home() / ".cache" / "lipsync"
     return Path(root) / "detections"
-
-
-def content_key(video: Path, settings: dict) -> str:
-    """SHA-256 over the file's bytes and the settings that change what the detector sees."""
-    digest = hashlib.sha256()
-    with open(video, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    digest.update(json.dumps(settings, sort_keys=True).encode())
-    return digest.hexdigest()
 
 
 def load(key: str) -> dict[int, np.ndarray] | None:

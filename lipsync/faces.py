@@ -7,46 +7,18 @@ array of x1, y1, x2, y2 with NaN rows where there is no face.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterable, Mapping
 
 import numpy as np
-import torch
 
-from face_detection.boxes import choose_face, fill_gaps, nan_runs, pad_boxes, smooth_boxes
-from face_detection.detector import FaceDetector, Variant
+from face_detection.boxes import WAV2LIP_SMOOTH_WINDOW, choose_face, fill_gaps, pad_boxes, smooth_boxes, true_runs
 from face_detection.tracking import iou
-from lipsync import weights
-from lipsync.errors import WeightsError
+from lipsync.errors import InputError
+from lipsync.options import LipSyncOptions
 
 # Below this overlap with the previous frame's box, a detection is taken to be another face (or the
 # face has jumped, e.g. at a cut), and the face is chosen again by the user's rule.
 SAME_FACE_IOU = 0.3
-# Wav2Lip's inference.py smooths boxes with a forward window of 5 frames.
-SMOOTH_WINDOW = 5
-
-
-def load_detector(name_or_path: str | os.PathLike, variant: Variant, *, device: str | torch.device = "cpu",
-                  weights_dir: str | os.PathLike | None = None, winograd: int | None = None) -> FaceDetector:
-    """An S3FD detector from a registry name or file (``s3fd`` for lip sync, ``sfd_face`` for scoring).
-
-    ``winograd`` (see FaceDetector) is off by default here: the lip-sync fast preset detects on one
-    frame in five, and on the 10 s 720p benchmark F(4x4, 3x3) saved 2 s of its 13 s of detection but
-    raised the peak RSS from 1330 to 1491 MB (the transformed kernels are 4x the weights).
-    """
-    path = weights.resolve(name_or_path, weights_dir=weights_dir)
-    try:
-        return FaceDetector(weights.load_state_dict(path), variant=variant, device=device, winograd=winograd)
-    except ValueError as exc:  # face_detection reports a checkpoint that does not fit the net this way
-        raise WeightsError(f"{path.name}: {exc}") from exc
-
-
-def key_frames(n_frames: int, every: int) -> list[int]:
-    """Frames the fast preset runs the detector on: every k-th, and always the last."""
-    keys = list(range(0, n_frames, every))
-    if n_frames and keys[-1] != n_frames - 1:
-        keys.append(n_frames - 1)
-    return keys
 
 
 def needs_refinement(before: np.ndarray, after: np.ndarray) -> bool:
@@ -122,16 +94,11 @@ def finalize_boxes(boxes: np.ndarray, *, pads: tuple[int, int, int, int], frame_
     # inference.py pads the detector's integer rects and smooths the padded rects
     rects = np.zeros((len(boxes), 4), dtype=np.int64)
     rects[found] = pad_boxes(np.floor(np.maximum(filled[found], 0)).astype(np.int64), pads, frame_hw)
-    for first, last in nan_runs(~found):  # runs of frames WITH a face
+    for first, last in true_runs(found):  # runs of frames with a face
         run = rects[first:last + 1]
-        out[first:last + 1] = smooth_boxes(run, SMOOTH_WINDOW) if smooth else run
+        out[first:last + 1] = smooth_boxes(run, WAV2LIP_SMOOTH_WINDOW) if smooth else run
     usable = (out[:, 2] > out[:, 0]) & (out[:, 3] > out[:, 1])
     return out, found & usable
-
-
-def frame_ranges(mask: np.ndarray) -> list[tuple[int, int]]:
-    """Inclusive (first, last) ranges of frames where ``mask`` is True."""
-    return nan_runs(~np.asarray(mask, dtype=bool))
 
 
 def describe_ranges(ranges: list[tuple[int, int]], fps: float, limit: int = 5) -> str:
@@ -140,3 +107,29 @@ def describe_ranges(ranges: list[tuple[int, int]], fps: float, limit: int = 5) -
     if len(ranges) > limit:
         parts.append(f"and {len(ranges) - limit} more")
     return ", ".join(parts)
+
+
+def fixed_boxes(box: tuple[int, int, int, int], frame_hw: tuple[int, int], n_frames: int) -> np.ndarray:
+    """A user's fixed box (top, bottom, left, right) as ``(n_frames, 4)`` int x1 y1 x2 y2, clamped to the frame."""
+    top, bottom, left, right = box
+    h, w = frame_hw
+    rect = np.array([min(left, w), min(top, h), min(right, w), min(bottom, h)], dtype=np.int64)
+    if rect[2] <= rect[0] or rect[3] <= rect[1]:
+        raise InputError(f"box {box} lies outside the {w}x{h} frame: give top bottom left right "
+                         "in pixels of the (resized/cropped) frame")
+    return np.tile(rect, (n_frames, 1))
+
+
+def boxes_from_detections(dets: Mapping[int, np.ndarray], n_frames: int, options: LipSyncOptions,
+                          frame_hw: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """The chosen face's box in every frame: ``(boxes (n, 4) int x1 y1 x2 y2, found (n,) bool)``.
+
+    Picks the face by the options' rule, interpolates the frames the fast preset did not look at,
+    then bridges, pads and smooths as ``finalize_boxes``.
+    """
+    boxes = select_face(dets, n_frames, face_index=options.face_index, face_point=options.face_point,
+                        top_score=options.detection == "original" and options.face_index == 0)
+    if options.detection == "fast":
+        boxes = interpolate_undetected(boxes, dets.keys())
+    return finalize_boxes(boxes, pads=options.pads, frame_hw=frame_hw, max_gap=options.max_gap,
+                          smooth=not options.nosmooth)

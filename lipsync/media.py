@@ -7,6 +7,7 @@ Decoding streams one frame at a time, so memory stays flat however long the vide
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 from collections.abc import Iterable, Iterator
@@ -258,9 +259,14 @@ def _not_visual(path: Path) -> str:
 
 def probe(path: str | Path) -> MediaInfo:
     """Describe a video or still image, decoding only its first frame."""
+    return _probe(path)[0]
+
+
+def _probe(path: str | Path) -> tuple[MediaInfo, np.ndarray]:
+    """``probe``'s answer and the first frame (upright BGR), from one opening of the file."""
     path = _require_file(path)
     if path.suffix.lower() in IMAGE_SUFFIXES and (image := _read_image(path)) is not None:
-        return _image_info(path, image)
+        return _image_info(path, image), image
     with _open(path, _not_visual(path)) as container:
         stream = _video_stream(container)
         if stream is None:
@@ -271,7 +277,7 @@ def probe(path: str | Path) -> MediaInfo:
             image = _read_image(path)
             if image is None:
                 image = np.ascontiguousarray(_first_frame(container, stream, path).to_ndarray(format="bgr24"))
-            return _image_info(path, image)
+            return _image_info(path, image), image
         _check_complete(container, path)
         stream.thread_type = "AUTO"
         frame = _first_frame(container, stream, path)
@@ -284,12 +290,40 @@ def probe(path: str | Path) -> MediaInfo:
         duration = _duration(container, stream)
         if n_frames is None and duration is not None and fps is not None:
             n_frames = max(1, round(duration * fps))
-        return MediaInfo(
+        info = MediaInfo(
             path=path, is_image=is_image, width=width, height=height, fps=fps, n_frames=n_frames,
             duration=None if is_image else duration, rotation=orientation.rotation, has_video=True,
             has_audio=audio is not None,
             audio_sample_rate=audio.codec_context.sample_rate if audio is not None else None,
             audio_channels=audio.codec_context.layout.nb_channels if audio is not None else None)
+        return info, np.ascontiguousarray(orientation.apply(frame.to_ndarray(format="bgr24")))
+
+
+class VideoSource:
+    """One input video or image, probed once: its info, first frame, exact frame count and frames.
+
+    The stages of a run ask this object instead of opening the file again: ``info`` and
+    ``first_frame`` come from one decoding of the first frame, ``frame_count`` demuxes the file
+    once (on first use), and ``frames()`` streams the decoded frames (a new pass each call).
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = _require_file(path)
+        self.info, self._first = _probe(self.path)
+
+    @property
+    def first_frame(self) -> np.ndarray:
+        """The first frame, upright BGR uint8 (a copy: callers may draw on it)."""
+        return self._first.copy()
+
+    @functools.cached_property
+    def frame_count(self) -> int:
+        """Exactly the number of frames ``frames()`` yields (see ``count_frames``)."""
+        return 1 if self.info.is_image else count_frames(self.path)
+
+    def frames(self, *, fps: Fraction | int | float | None = None) -> Iterator[np.ndarray]:
+        """The frames, as ``iter_frames``."""
+        return iter_frames(self.path, fps=fps)
 
 
 def _duration(container: InputContainer, stream: VideoStream) -> float | None:

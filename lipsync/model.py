@@ -15,8 +15,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from face_detection.batching import in_batches
 from lipsync import weights
-from lipsync.batching import in_batches
 
 FACE_SIZE = 96  # generator input/output side, pixels
 MASK_FROM_ROW = FACE_SIZE // 2  # rows 48..95 (mouth half) are hidden from the generator

@@ -1,72 +1,96 @@
-"""Options of a lip-sync run: one frozen dataclass, validated in one place.
+"""Options of a lip-sync run: one frozen dataclass, declared and validated in one place.
 
-The CLI, the app and the tests all build this object. Defaults and meanings follow the original
-``inference.py``; the options past ``fps`` are additions.
+Each field carries its help, UI label, choices and bounds (see :mod:`lipsync.optspec`); the CLI
+flags, the app's Advanced panel and the ``/lipsync`` API parameters are derived from them. Defaults
+and meanings follow the original ``inference.py``; the options past ``wav2lip_batch_size`` are additions.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Literal
 
+from face_detection.boxes import WAV2LIP_PADS
 from lipsync.errors import InputError
+from lipsync.optspec import check_bounds, option
 
-Box = tuple[int, int, int, int]  # (top, bottom, left, right), as inference.py's --box/--crop/--pads
+Sides = tuple[int, int, int, int]  # (top, bottom, left, right), as inference.py's --box/--crop/--pads
+SIDES = ("top", "bottom", "left", "right")
+
+CHECKPOINTS = ("wav2lip_gan", "wav2lip")
+FULL_FRAME: Sides = (0, -1, 0, -1)  # --crop default: -1 = to the edge
+DEFAULT_FPS = 25.0  # inference.py --fps, the frame rate given to a still image
+MAX_BATCH = 1024  # batch sizes above this only risk memory: they are halved on out-of-memory anyway
 
 
 @dataclass(frozen=True)
 class LipSyncOptions:
-    checkpoint: str = "wav2lip_gan"  # "wav2lip", "wav2lip_gan" or a checkpoint file path
-    pads: Box = (0, 10, 0, 0)  # grow the detected box (top, bottom, left, right); bottom 10 takes in the chin
-    resize_factor: int = 1  # shrink frames to (w // f, h // f) before anything else; the output has that size
-    crop: Box = (0, -1, 0, -1)  # keep only rows top:bottom, cols left:right (-1 = to the edge), after resize/rotate
-    box: Box | None = None  # fixed face box (top, bottom, left, right): skips detection
-    rotate: bool = False  # turn frames 90 degrees clockwise (after resize)
-    nosmooth: bool = False  # no temporal smoothing of boxes (T=5 window)
-    static: bool = False  # use only the first frame (always on for a still image)
-    fps: float = 25.0  # frame rate of the output for a still image
-    face_det_batch_size: int = 16
-    wav2lip_batch_size: int = 128
-    # additions
-    loop: Literal["forward", "pingpong"] = "forward"  # how frames repeat when the audio outlasts the video
-    strict: bool = False  # stop with an error on any frame without a face, as the original did
-    face_index: int = 0  # which face when there are several: 0 = largest, 1 = next largest...
-    face_point: tuple[float, float] | None = None  # (x, y) in output-frame pixels: the face under/nearest it
-    blend: Literal["none", "feather"] = "none"  # "none" is the original hard paste the published scores used
-    detection: Literal["fast", "original"] = "fast"
-    detect_every: int = 5  # fast mode: run the detector on every k-th frame, interpolate boxes between
-    detect_size: int = 320  # fast mode: longest side of the frame the detector sees (pixels)
-    max_gap: int = 25  # bridge up to this many frames without a face by interpolating boxes
-    cache_detections: bool = True
+    checkpoint: str = option(
+        "wav2lip_gan", "Generator weights: wav2lip_gan (sharper) or wav2lip (more accurate sync); the CLI also "
+        "takes a checkpoint file.", "Checkpoint", choices=CHECKPOINTS, open_choices=True,
+        flags=("--checkpoint_path",), group="model")
+    pads: Sides = option(
+        WAV2LIP_PADS, "Pixels to grow the detected face box by (top bottom left right); the bottom 10 take in "
+        "the chin.", "Pad", parts=SIDES, stem="pad", group="pads")
+    resize_factor: int = option(
+        1, "Shrink frames to (width // f, height // f) before anything else; the output has that size.",
+        "Resize factor", minimum=1, maximum=16, group="frames")
+    crop: Sides = option(
+        FULL_FRAME, "Keep only rows top:bottom and columns left:right (-1 = to the edge), after resize and "
+        "rotate.", "Crop", parts=SIDES, minimum=-1, group="crop", advanced=True)
+    box: Sides | None = option(
+        None, "Fixed face box in pixels (top bottom left right): skips face detection.", "Fixed face box",
+        minimum=0, parts=SIDES, group="box")
+    rotate: bool = option(False, "Turn frames 90 degrees clockwise (after resize).", "Rotate 90° clockwise",
+                          group="flags", advanced=True)
+    nosmooth: bool = option(False, "Do not smooth face boxes over time (5-frame window).",
+                            "No smoothing of face boxes", group="flags")
+    static: bool = option(False, "Use only the first frame of the video (always on for a still image).",
+                          "Static: first frame only", group="flags", advanced=True)
+    fps: float = option(DEFAULT_FPS, "Frame rate of the output for a still image.", "FPS for a photo",
+                        minimum=1, maximum=120, group="frames")
+    face_det_batch_size: int = option(16, "Frames per face-detector batch (halved on out-of-memory).",
+                                      "Detector batch", minimum=1, maximum=MAX_BATCH, group="frames")
+    wav2lip_batch_size: int = option(128, "Faces per generator batch (halved on out-of-memory).",
+                                     "Generator batch", minimum=1, maximum=MAX_BATCH, group="frames")
+    loop: Literal["forward", "pingpong"] = option(
+        "forward", "How frames repeat when the audio outlasts the video; pingpong hides the jump.", "Loop",
+        group="look")
+    strict: bool = option(False, "Stop with an error on any frame without a face, as the original did, "
+                          "instead of leaving it unchanged.", "Strict: fail on frames without a face",
+                          group="flags")
+    face_index: int = option(0, "Which face when there are several: 0 = largest, 1 = next largest...",
+                             "Face index", minimum=0, maximum=100, group="box")
+    face_point: tuple[float, float] | None = option(
+        None, "A pixel (x y) of the output frame: use the face under or nearest to it instead of face_index.",
+        "Face point", minimum=0, parts=("x", "y"), group="box")
+    blend: Literal["none", "feather"] = option(
+        "none", "How the mouth is pasted: none (the original hard paste, used for the published scores) or "
+        "feather (soft edges).", "Blend", group="look")
+    detection: Literal["fast", "original"] = option(
+        "fast", "fast: detect on shrunk key frames and interpolate; original: every frame at full size, "
+        "as inference.py (slow).", "Face detection", group="model")
+    detect_every: int = option(5, "Fast detection: run the detector on every k-th frame (and the last), "
+                               "interpolating boxes in between.", "Detect every k frames", minimum=1,
+                               group="detection", advanced=True)
+    detect_size: int = option(320, "Fast detection: longest side in pixels of the frames the detector sees.",
+                              "Detector frame size", minimum=64, group="detection", advanced=True)
+    max_gap: int = option(25, "Bridge up to this many frames without a face by interpolating boxes.",
+                          "Bridge gaps of up to (frames)", minimum=0, group="detection", advanced=True)
+    cache_detections: bool = option(True, "Reuse face detections of the same video and settings, and store "
+                                    "them.", "Cache face detections", negate="--no-cache",
+                                    negate_help="Do not reuse or store face detections.", group="detection",
+                                    advanced=True)
 
     def __post_init__(self) -> None:
-        def need(cond: bool, message: str) -> None:
-            if not cond:
-                raise InputError(message)
-
-        for name in ("pads", "crop"):
+        for name in ("pads", "crop", "box"):
             value = getattr(self, name)
-            need(len(value) == 4, f"{name} needs four numbers: top bottom left right")
-            object.__setattr__(self, name, tuple(int(v) for v in value))
-        if self.box is not None:
-            need(len(self.box) == 4, "box needs four numbers: top bottom left right")
-            top, bottom, left, right = (int(v) for v in self.box)
-            need(0 <= top < bottom and 0 <= left < right,
-                 f"box {self.box} is empty: give top < bottom and left < right, in pixels")
-            object.__setattr__(self, "box", (top, bottom, left, right))
+            if value is not None:
+                object.__setattr__(self, name, tuple(int(v) for v in value))
         if self.face_point is not None:
-            object.__setattr__(self, "face_point", (float(self.face_point[0]), float(self.face_point[1])))
-        need(self.resize_factor >= 1, "resize_factor must be 1 or more")
-        need(self.fps > 0, "fps must be positive")
-        need(self.face_det_batch_size >= 1 and self.wav2lip_batch_size >= 1, "batch sizes must be 1 or more")
-        need(self.loop in ("forward", "pingpong"), f"loop must be 'forward' or 'pingpong', not {self.loop!r}")
-        need(self.blend in ("none", "feather"), f"blend must be 'none' or 'feather', not {self.blend!r}")
-        need(self.detection in ("fast", "original"),
-             f"detection must be 'fast' or 'original', not {self.detection!r}")
-        need(self.face_index >= 0, "face_index counts from 0 (the largest face)")
-        need(self.detect_every >= 1 and self.detect_size >= 64, "detect_every >= 1 and detect_size >= 64")
-        need(self.max_gap >= 0, "max_gap must be 0 or more")
-
-    @classmethod
-    def field_names(cls) -> list[str]:
-        return [f.name for f in fields(cls)]
+            object.__setattr__(self, "face_point", tuple(float(v) for v in self.face_point))
+        check_bounds(self)
+        if self.box is not None:
+            top, bottom, left, right = self.box
+            if not (top < bottom and left < right):
+                raise InputError(f"box {self.box} is empty: give top < bottom and left < right, in pixels")

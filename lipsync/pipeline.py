@@ -1,8 +1,11 @@
-"""Lip sync end to end: probe -> detect -> boxes -> mel chunks -> generator -> paste -> encode.
+"""Lip sync end to end, in two stages that read top-down.
 
-Two streaming passes over the face video keep memory flat as the video grows: the first runs the
-face detector and keeps only boxes (cached by content), the second generates and writes frame by
-frame. Only a batch of frames is ever held.
+``plan``: the speech's mel chunks (one per output frame), the face video's frames, and one face box
+per frame (detected, cached by content, or fixed). ``render``: for each batch of output frames,
+crop the faces, run the generator, paste the mouths back, and encode with the audio.
+
+The face video is streamed twice, so memory stays flat as the video grows: the detection pass
+keeps only boxes, the render pass holds one batch of frames at a time.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ import tempfile
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from fractions import Fraction
@@ -26,17 +29,17 @@ import torch
 from tqdm.auto import tqdm
 
 from face_detection.detector import FaceDetector
-from lipsync import detcache, faces, weights
-from lipsync.audio import mel_chunks, melspectrogram
+from lipsync import detcache, detect, faces, weights
+from lipsync.audio import SAMPLE_RATE, mel_chunks, melspectrogram
 from lipsync.compose import paste
 from lipsync.errors import InputError, NoFaceError
-from lipsync.media import MediaInfo, VideoWriter, count_frames, iter_frames, load_audio, probe
-from lipsync.model import generate, load_wav2lip
-from lipsync.options import LipSyncOptions
+from lipsync.hashing import content_key, file_sha256
+from lipsync.media import VideoSource, VideoWriter, load_audio
+from lipsync.model import FACE_SIZE, generate, load_wav2lip
+from lipsync.options import FULL_FRAME, LipSyncOptions
 
 log = logging.getLogger(__name__)
 
-FACE_SIZE = 96  # Wav2Lip's generator works on 96x96 face crops
 # Frames held at once while generating: the generator batch, capped so that a batch of 1080p frames
 # stays within this many bytes (128 frames of 1080p would be 800 MB).
 FRAME_BUFFER_BYTES = 128 * 1024 * 1024
@@ -44,6 +47,8 @@ FRAME_BUFFER_BYTES = 128 * 1024 * 1024
 # are no faster there, and their activations cost about 10 MB per face (a pass of 128 faces peaked
 # above 2 GB). Eval-mode BatchNorm works per face, so the output does not depend on it.
 CPU_GENERATOR_BATCH = 16
+# Options that change which pixels the detector sees, hence its answers (the detection cache's key).
+DETECTION_SETTINGS = ("detection", "detect_every", "detect_size", "resize_factor", "rotate", "crop")
 
 
 @dataclass
@@ -66,8 +71,8 @@ def transform_frame(frame: np.ndarray, options: LipSyncOptions) -> np.ndarray:
         frame = cv2.resize(frame, (max(1, w // options.resize_factor), max(1, h // options.resize_factor)))
     if options.rotate:
         frame = cv2.rotate(frame, cv2.ROTATE_90_CLOCKWISE)
-    top, bottom, left, right = options.crop
-    if (top, bottom, left, right) != (0, -1, 0, -1):
+    if options.crop != FULL_FRAME:
+        top, bottom, left, right = options.crop
         h, w = frame.shape[:2]
         bottom = h if bottom == -1 else bottom
         right = w if right == -1 else right
@@ -88,7 +93,9 @@ def source_index(i: int, n_frames: int, loop: str) -> int:
     return i % n_frames
 
 
-class _Stopwatch:
+class Stopwatch:
+    """Seconds spent per stage, summed over a run."""
+
     def __init__(self) -> None:
         self.totals: dict[str, float] = defaultdict(float)
 
@@ -100,7 +107,8 @@ class _Stopwatch:
         finally:
             self.totals[stage] += time.perf_counter() - start
 
-    def timed_iter(self, stage: str, items: Iterator):
+    def timed_iter(self, stage: str, items: Iterable):
+        """``items``, with the time spent producing each one counted under ``stage``."""
         it = iter(items)
         while True:
             with self(stage):
@@ -109,6 +117,82 @@ class _Stopwatch:
                 except StopIteration:
                     return
             yield item
+
+
+class FaceFrames:
+    """The face input as the run sees it: probed once, frames resized/rotated/cropped by the options."""
+
+    def __init__(self, path: Path, options: LipSyncOptions) -> None:
+        self.video = VideoSource(path)
+        self.options = options
+        info = self.video.info
+        self.static = options.static or info.is_image
+        if info.is_image or info.fps is None:
+            self.fps_exact = Fraction(options.fps).limit_denominator(1001)
+            self.fps = float(options.fps)
+        else:
+            self.fps_exact, self.fps = info.fps, float(info.fps)
+        self.first = transform_frame(self.video.first_frame, options)
+        self.height, self.width = self.first.shape[:2]
+
+    @property
+    def name(self) -> str:
+        return self.video.path.name
+
+    def usable(self, n_out: int) -> int:
+        """Input frames the output shows: 1 for a still, else as many as both the video and the audio cover."""
+        return 1 if self.static else min(self.video.frame_count, n_out)
+
+    def frames(self, limit: int) -> Iterator[np.ndarray]:
+        """The first ``limit`` frames, transformed (one pass over the file)."""
+        if self.static:
+            yield self.first.copy()
+            return
+        for _, frame in zip(range(limit), self.video.frames(), strict=False):
+            yield transform_frame(frame, self.options)
+
+
+@dataclass
+class Speech:
+    chunks: np.ndarray  # (n_out, 80, 16) mel windows, one per output frame
+    track: np.ndarray  # (channels, n) the audio as it is muxed into the output
+    rate: int
+
+
+def load_speech(path: Path, fps: float) -> Speech:
+    """The generator's mel chunks for ``fps`` output frames, and the audio track to mux."""
+    wav, _ = load_audio(path, sample_rate=SAMPLE_RATE, mono=True)
+    if not np.any(wav):
+        log.warning("the audio in %s is silent: the mouth will barely move", path.name)
+    chunks = mel_chunks(melspectrogram(wav), fps)  # (N, 80, 16)
+    # inference.py stops one chunk short of the audio's end (the muxed audio then outlasts the
+    # picture by up to 16 mel frames, 0.2 s); repeat its final window so the video covers the audio
+    cover = math.ceil(len(wav) / SAMPLE_RATE * fps - 1e-6)
+    if cover > len(chunks):
+        chunks = np.concatenate([chunks, np.repeat(chunks[-1:], cover - len(chunks), axis=0)])
+    track, rate = load_audio(path, sample_rate=None, mono=False)
+    return Speech(chunks, track, rate)
+
+
+@dataclass
+class Plan:
+    """Everything ``render`` needs, decided before any frame is generated."""
+
+    face: FaceFrames
+    options: LipSyncOptions
+    speech: Speech
+    n_used: int  # input frames the output shows (1 for a still)
+    boxes: np.ndarray  # (n_used, 4) int x1 y1 x2 y2 per input frame
+    found: np.ndarray  # (n_used,) bool: a face box exists
+    watch: Stopwatch
+
+    @property
+    def n_out(self) -> int:
+        return len(self.speech.chunks)
+
+    def source(self, i: int) -> int:
+        """The input frame output frame ``i`` shows."""
+        return 0 if self.face.static else source_index(i, self.n_used, self.options.loop)
 
 
 class _FrameStore:
@@ -129,6 +213,31 @@ class _FrameStore:
 
     def close(self) -> None:
         self._fh.close()
+
+
+def frames_in_output_order(plan: Plan, tmp: Path) -> Iterator[np.ndarray]:
+    """Transformed input frames in output order: looping forward (decoding again) or ping-pong (from disk)."""
+    face, n_used, n_out = plan.face, plan.n_used, plan.n_out
+    if face.static:
+        for _ in range(n_out):
+            yield face.first.copy()
+        return
+    store = _FrameStore(tmp, face.first.shape) if plan.options.loop == "pingpong" and n_out > n_used else None
+    try:
+        produced = 0
+        while produced < n_out:
+            if store is not None and produced >= n_used:
+                yield store.get(plan.source(produced))
+                produced += 1
+                continue
+            for frame in face.frames(min(n_used, n_out - produced)):
+                if store is not None:
+                    store.append(frame)
+                yield frame
+                produced += 1
+    finally:
+        if store is not None:
+            store.close()
 
 
 class LipSync:
@@ -153,215 +262,113 @@ class LipSync:
     def detector(self) -> FaceDetector:
         with self._lock:
             if self._detector is None:
-                self._detector = faces.load_detector("s3fd", "s3fd", device=self.device,
-                                                     weights_dir=self.weights_dir)
+                self._detector = detect.load_detector("s3fd", "s3fd", device=self.device,
+                                                      weights_dir=self.weights_dir)
             return self._detector
 
-    # -- pass 1 --------------------------------------------------------------------------------------
-    def _detect(self, frames: Iterator[np.ndarray], n_frames: int, options: LipSyncOptions,
-                frame_hw: tuple[int, int]) -> dict[int, np.ndarray]:
-        """Raw detections for the frames the preset looks at (every frame, or key frames + refinement)."""
-        detector = self.detector()
-        batch = options.face_det_batch_size
-        dets: dict[int, np.ndarray] = {}
-        if options.detection == "original":
-            pending: list[np.ndarray] = []
-            start = 0
-            for i, frame in enumerate(tqdm(frames, total=n_frames, desc="face detection", unit="frame")):
-                pending.append(frame)
-                if len(pending) == batch or i == n_frames - 1:
-                    for j, found in enumerate(detector.detect(pending)):
-                        dets[start + j] = found
-                    start += len(pending)
-                    pending = []
-            return dets
-        # fast: the detector sees frames shrunk to detect_size on their longest side, key frames first
-        scale = min(1.0, options.detect_size / max(frame_hw))
-        keys = set(faces.key_frames(n_frames, options.detect_every))
-        small: dict[int, np.ndarray] = {}  # shrunk frames not yet settled, bounded by batch * detect_every
-        queued: list[int] = []
-        last_key: int | None = None
+    def run(self, face: str | os.PathLike, audio: str | os.PathLike, output: str | os.PathLike,
+            options: LipSyncOptions | None = None) -> LipSyncResult:
+        """Lip-sync ``face`` (video or image) to ``audio`` and write ``output`` (.mp4/.mov/.mkv)."""
+        plan = self.plan(Path(face), Path(audio), options or LipSyncOptions())
+        return self.render(plan, Path(output))
 
-        def flush() -> None:
-            nonlocal last_key
-            found = detector.detect([small[k] for k in queued])
-            refine: list[int] = []
-            for k, d in zip(queued, found, strict=True):
-                dets[k] = d / np.array([scale] * 4 + [1], np.float32) if len(d) else d
-                if last_key is not None and k - last_key > 1 and faces.needs_refinement(dets[last_key], dets[k]):
-                    refine.extend(range(last_key + 1, k))
-                last_key = k
-            for a in range(0, len(refine), batch):
-                part = refine[a:a + batch]
-                for k, d in zip(part, detector.detect([small[j] for j in part]), strict=True):
-                    dets[k] = d / np.array([scale] * 4 + [1], np.float32) if len(d) else d
-            for j in [j for j in small if j < queued[-1]]:
-                del small[j]
-            queued.clear()
+    # -- stage 1: plan --------------------------------------------------------------------------------
+    def plan(self, face: Path, audio: Path, options: LipSyncOptions) -> Plan:
+        """Audio, chunks, frames and boxes; raises the user's errors before any generation."""
+        watch = Stopwatch()
+        frames = FaceFrames(face, options)
+        with watch("audio"):
+            speech = load_speech(audio, frames.fps)
+        n_used = frames.usable(len(speech.chunks))
+        boxes, found = self.face_boxes(frames, n_used, watch)
+        if not found.any():
+            raise NoFaceError(
+                f"No face found in any of the {n_used} frames of {frames.name}: check that a face is visible, "
+                "try detection 'original' (full resolution), or give a fixed box (top bottom left right)")
+        missing = faces.true_runs(~found)
+        if options.strict and missing:
+            raise NoFaceError(f"No face found in {faces.describe_ranges(missing, frames.fps)} of {frames.name} "
+                              "(strict mode): trim those frames, give a fixed box, or turn strict mode off")
+        return Plan(frames, options, speech, n_used, boxes, found, watch)
 
-        for i, frame in enumerate(tqdm(frames, total=n_frames, desc="face detection", unit="frame")):
-            h, w = frame.shape[:2]
-            small[i] = cv2.resize(frame, (max(1, round(w * scale)), max(1, round(h * scale))),
-                                  interpolation=cv2.INTER_LINEAR) if scale < 1 else frame
-            if i in keys:
-                queued.append(i)
-                if len(queued) == batch:
-                    flush()
-        if queued:
-            flush()
-        return dets
-
-    def _boxes(self, face: Path, info: MediaInfo, n_frames: int, options: LipSyncOptions,
-               frame_hw: tuple[int, int], watch: _Stopwatch) -> tuple[np.ndarray, np.ndarray]:
+    def face_boxes(self, frames: FaceFrames, n_frames: int, watch: Stopwatch) -> tuple[np.ndarray, np.ndarray]:
         """``(boxes (n, 4) int x1 y1 x2 y2, found (n,) bool)`` for the first ``n_frames`` input frames."""
+        options = frames.options
+        frame_hw = (frames.height, frames.width)
         if options.box is not None:
-            top, bottom, left, right = options.box
-            h, w = frame_hw
-            box = np.array([min(left, w), min(top, h), min(right, w), min(bottom, h)], dtype=np.int64)
-            if box[2] <= box[0] or box[3] <= box[1]:
-                raise InputError(f"box {options.box} lies outside the {w}x{h} frame: give top bottom left right "
-                                 "in pixels of the (resized/cropped) frame")
-            return np.tile(box, (n_frames, 1)), np.ones(n_frames, bool)
-        settings = {k: getattr(options, k) for k in ("detection", "detect_every", "detect_size", "resize_factor",
-                                                     "rotate", "crop")}
-        settings.update(n_frames=n_frames, detector=weights.sha256_of(
-            weights.resolve("s3fd", weights_dir=self.weights_dir)))
-        key = detcache.content_key(face, settings) if options.cache_detections else None
+            return faces.fixed_boxes(options.box, frame_hw, n_frames), np.ones(n_frames, bool)
+        key = self._cache_key(frames, n_frames) if options.cache_detections else None
         dets = detcache.load(key) if key else None
         if dets is None:
-            frames = (transform_frame(f, options) for _, f in zip(range(n_frames), iter_frames(face), strict=False))
             with watch("detect"):
-                dets = self._detect(frames, n_frames, options, frame_hw)
+                dets = detect.detect_faces(self.detector(), frames.frames(n_frames), n_frames, options)
             if key:
                 detcache.save(key, dets)
         else:
-            log.info("face detections for %s taken from the cache", face.name)
-        boxes = faces.select_face(dets, n_frames, face_index=options.face_index, face_point=options.face_point,
-                                  top_score=options.detection == "original" and options.face_index == 0)
-        if options.detection == "fast":
-            boxes = faces.interpolate_undetected(boxes, dets.keys())
-        return faces.finalize_boxes(boxes, pads=options.pads, frame_hw=frame_hw, max_gap=options.max_gap,
-                                    smooth=not options.nosmooth)
+            log.info("face detections for %s taken from the cache", frames.name)
+        return faces.boxes_from_detections(dets, n_frames, options, frame_hw)
 
-    # -- the whole run -------------------------------------------------------------------------------
-    def run(self, face: str | os.PathLike, audio: str | os.PathLike, output: str | os.PathLike,
-            options: LipSyncOptions | None = None) -> LipSyncResult:
-        options = options or LipSyncOptions()
-        face, audio, output = Path(face), Path(audio), Path(output)
-        watch = _Stopwatch()
-        info = probe(face)
-        if not info.has_video:
-            raise InputError(f"{face.name} has no picture: give a video or an image of a face as FACE")
-        static = options.static or info.is_image
-        fps = float(options.fps) if info.is_image or info.fps is None else float(info.fps)
-        fps_exact = Fraction(options.fps).limit_denominator(1001) if info.is_image or info.fps is None else info.fps
+    def _cache_key(self, frames: FaceFrames, n_frames: int) -> str:
+        settings = {name: getattr(frames.options, name) for name in DETECTION_SETTINGS}
+        settings.update(n_frames=n_frames, detector=file_sha256(weights.resolve("s3fd", weights_dir=self.weights_dir)))
+        return content_key(frames.video.path, settings)
 
-        with watch("audio"):
-            wav, _ = load_audio(audio, sample_rate=16000, mono=True)
-            if not np.any(wav):
-                log.warning("the audio in %s is silent: the mouth will barely move", audio.name)
-            chunks = mel_chunks(melspectrogram(wav), fps)  # (N, 80, 16)
-            # inference.py stops one chunk short of the audio's end (the muxed audio then outlasts the
-            # picture by up to 16 mel frames, 0.2 s); repeat its final window so the video covers the audio
-            cover = math.ceil(len(wav) / 16000 * fps - 1e-6)
-            if cover > len(chunks):
-                chunks = np.concatenate([chunks, np.repeat(chunks[-1:], cover - len(chunks), axis=0)])
-            track, track_rate = load_audio(audio, sample_rate=None, mono=False)
-        n_out = len(chunks)
-
-        first = transform_frame(next(iter_frames(face)), options)
-        frame_hw = first.shape[:2]
-        n_in = 1 if static else count_frames(face)
-        n_used = min(n_in, n_out)
-        boxes, found = self._boxes(face, info, 1 if static else n_used, options, frame_hw, watch)
-        if not found.any():
-            raise NoFaceError(
-                f"No face found in any of the {1 if static else n_used} frames of {face.name}: check that a face "
-                "is visible, try detection 'original' (full resolution), or give a fixed box (top bottom left right)"
-            )
-        missing_in = faces.frame_ranges(~found)
-        if options.strict and missing_in:
-            raise NoFaceError(f"No face found in {faces.describe_ranges(missing_in, fps)} of {face.name} "
-                              "(strict mode): trim those frames, give a fixed box, or turn strict mode off")
-
-        model = self.generator(options.checkpoint)
-        no_face = np.zeros(n_out, bool)
-        with tempfile.TemporaryDirectory(prefix="lipsync-") as tmp:
-            store = self._frame_source(face, options, static, first, n_used, n_out, Path(tmp), watch)
-            h, w = frame_hw
-            per_batch = max(1, min(options.wav2lip_batch_size, FRAME_BUFFER_BYTES // (h * w * 3)))
-            with VideoWriter(output, w, h, fps_exact, audio=track, audio_rate=track_rate) as writer, \
-                    tqdm(total=n_out, desc="lip sync", unit="frame") as bar:
-                batch_frames: list[np.ndarray] = []
-                batch_idx: list[int] = []
-                for i, frame in enumerate(watch.timed_iter("decode", store)):
-                    batch_frames.append(frame)
-                    batch_idx.append(i)
-                    if len(batch_frames) == per_batch or i == n_out - 1:
-                        self._generate_batch(model, batch_frames, batch_idx, chunks, boxes, found, n_used,
-                                             static, options, no_face, watch)
-                        with watch("encode"):
-                            for f in batch_frames:
-                                writer.write(f)
-                        bar.update(len(batch_frames))
-                        batch_frames, batch_idx = [], []
+    # -- stage 2: render ------------------------------------------------------------------------------
+    def render(self, plan: Plan, output: Path) -> LipSyncResult:
+        """Generate, paste and encode every output frame; the partial file is removed on failure."""
+        model = self.generator(plan.options.checkpoint)
+        face, watch = plan.face, plan.watch
+        no_face = np.zeros(plan.n_out, bool)
+        per_batch = max(1, min(plan.options.wav2lip_batch_size, FRAME_BUFFER_BYTES // (face.height * face.width * 3)))
+        with tempfile.TemporaryDirectory(prefix="lipsync-") as tmp, \
+                VideoWriter(output, face.width, face.height, face.fps_exact, audio=plan.speech.track,
+                            audio_rate=plan.speech.rate) as writer, \
+                tqdm(total=plan.n_out, desc="lip sync", unit="frame") as bar:
+            frames = watch.timed_iter("decode", frames_in_output_order(plan, Path(tmp)))
+            for start, batch in _batches(frames, per_batch):
+                indices = range(start, start + len(batch))
+                no_face[indices] = ~plan.found[[plan.source(i) for i in indices]]
+                self._lip_sync_batch(model, plan, batch, indices)
                 with watch("encode"):
-                    writer.close()
-        ranges = faces.frame_ranges(no_face)
-        message = ""
-        if ranges:
-            message = (f"No face found in {faces.describe_ranges(ranges, fps)}: those frames were left unchanged")
+                    for frame in batch:
+                        writer.write(frame)
+                bar.update(len(batch))
+            with watch("encode"):
+                writer.close()
+        ranges = faces.true_runs(no_face)
+        message = f"No face found in {faces.describe_ranges(ranges, face.fps)}: those frames were left unchanged" \
+            if ranges else ""
+        if message:
             log.warning(message)
-        return LipSyncResult(output=output, n_frames=n_out, fps=fps, duration=n_out / fps, width=w, height=h,
-                             no_face_ranges=ranges, timings=dict(watch.totals), message=message)
+        return LipSyncResult(output=output, n_frames=plan.n_out, fps=face.fps, duration=plan.n_out / face.fps,
+                             width=face.width, height=face.height, no_face_ranges=ranges,
+                             timings=dict(watch.totals), message=message)
 
-    def _frame_source(self, face: Path, options: LipSyncOptions, static: bool, first: np.ndarray, n_used: int,
-                      n_out: int, tmp: Path, watch: _Stopwatch) -> Iterator[np.ndarray]:
-        """Transformed input frames in output order (looping forward or ping-pong past the video's end)."""
-        if static:
-            for _ in range(n_out):
-                yield first.copy()
+    def _lip_sync_batch(self, model: torch.nn.Module, plan: Plan, frames: list[np.ndarray],
+                        indices: range) -> None:
+        """Generate the mouths of one batch of output frames and paste them in place."""
+        boxes = {k: plan.boxes[plan.source(i)] for k, i in enumerate(indices) if plan.found[plan.source(i)]}
+        if not boxes:
             return
-        needs_store = options.loop == "pingpong" and n_out > n_used
-        store = _FrameStore(tmp, first.shape) if needs_store else None
-        try:
-            produced = 0
-            while produced < n_out:
-                if store is not None and produced >= n_used:
-                    yield store.get(source_index(produced, n_used, "pingpong"))
-                    produced += 1
-                    continue
-                for _, frame in zip(range(min(n_used, n_out - produced)), iter_frames(face), strict=False):
-                    frame = transform_frame(frame, options)
-                    if store is not None:
-                        store.append(frame)
-                    yield frame
-                    produced += 1
-        finally:
-            if store is not None:
-                store.close()
+        crops = np.stack([cv2.resize(frames[k][y1:y2, x1:x2], (FACE_SIZE, FACE_SIZE))
+                          for k, (x1, y1, x2, y2) in boxes.items()])
+        mels = plan.speech.chunks[[indices[k] for k in boxes]]
+        with plan.watch("generate"):
+            mouths = generate(model, mels, crops, batch_size=CPU_GENERATOR_BATCH if self.device == "cpu" else None)
+        with plan.watch("paste"):
+            for (k, box), mouth in zip(boxes.items(), mouths, strict=True):
+                frames[k] = paste(frames[k], mouth, tuple(int(v) for v in box), blend=plan.options.blend)
 
-    def _generate_batch(self, model, frames: list[np.ndarray], out_idx: list[int], chunks: np.ndarray,
-                        boxes: np.ndarray, found: np.ndarray, n_used: int, static: bool,
-                        options: LipSyncOptions, no_face: np.ndarray, watch: _Stopwatch) -> None:
-        """Generate the mouths of one batch of frames and paste them in place."""
-        src = [0 if static else source_index(i, n_used, options.loop) for i in out_idx]
-        with_face = [k for k, s in enumerate(src) if found[s]]
-        for k, s in enumerate(src):
-            if not found[s]:
-                no_face[out_idx[k]] = True
-        if not with_face:
-            return
-        crops = np.stack([
-            cv2.resize(frames[k][boxes[src[k]][1]:boxes[src[k]][3], boxes[src[k]][0]:boxes[src[k]][2]],
-                       (FACE_SIZE, FACE_SIZE))
-            for k in with_face
-        ])
-        mels = chunks[[out_idx[k] for k in with_face]]
-        with watch("generate"):
-            mouths = generate(model, mels, crops,
-                              batch_size=CPU_GENERATOR_BATCH if self.device == "cpu" else None)
-        with watch("paste"):
-            for k, mouth in zip(with_face, mouths, strict=True):
-                frames[k] = paste(frames[k], mouth, tuple(int(v) for v in boxes[src[k]]), blend=options.blend)
 
+def _batches(frames: Iterable[np.ndarray], size: int) -> Iterator[tuple[int, list[np.ndarray]]]:
+    """``(index of the first, frames)`` for consecutive groups of ``size`` frames (the last may be shorter)."""
+    batch: list[np.ndarray] = []
+    start = 0
+    for frame in frames:
+        batch.append(frame)
+        if len(batch) == size:
+            yield start, batch
+            start += size
+            batch = []
+    if batch:
+        yield start, batch

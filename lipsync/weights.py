@@ -12,7 +12,6 @@ loaded with ``torch.load(weights_only=True)``, so a file cannot run code on load
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import pickle
@@ -23,6 +22,7 @@ from pathlib import Path
 import torch
 
 from lipsync.errors import WeightsError
+from lipsync.hashing import file_sha256
 
 log = logging.getLogger(__name__)
 
@@ -57,9 +57,6 @@ REGISTRY: dict[str, WeightSpec] = {
     )
 }
 
-_hash_cache: dict[tuple[str, int, int], str] = {}
-
-
 def spec_for(name: str) -> WeightSpec:
     """The registry entry for ``name`` with any ``LIPSYNC_<NAME>_REPO/_FILE/_REVISION`` overrides."""
     try:
@@ -73,18 +70,6 @@ def spec_for(name: str) -> WeightSpec:
         if os.environ.get(prefix + env)
     }
     return replace(spec, **overrides) if overrides else spec
-
-
-def sha256_of(path: Path) -> str:
-    stat = path.stat()
-    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
-    if key not in _hash_cache:
-        digest = hashlib.sha256()
-        with open(path, "rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                digest.update(block)
-        _hash_cache[key] = digest.hexdigest()
-    return _hash_cache[key]
 
 
 def _how_to_provide(spec: WeightSpec) -> str:
@@ -109,7 +94,7 @@ def _download(spec: WeightSpec) -> Path:
 
 def verify(path: Path, spec: WeightSpec | None) -> str:
     """Log the file's SHA-256 and check it where the registry knows it. Returns the digest."""
-    digest = sha256_of(path)
+    digest = file_sha256(path)
     label = spec.name if spec else path.name
     log.info("weights %s: %s sha256=%s", label, path, digest)
     if spec and spec.sha256 and digest != spec.sha256:

@@ -9,35 +9,21 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from lipsync import optspec
 from lipsync.errors import LipSyncError
+from syncnet.options import EvalOptions
 
 if TYPE_CHECKING:
     from syncnet.evaluate import VideoResult
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from syncnet.evaluate import MODES, EvalOptions
-
-    d = EvalOptions()
     p = argparse.ArgumentParser(prog="python -m syncnet", description=(
         "Score lip sync with SyncNet as syncnet_python does: LSE-D (lower is better), LSE-C (higher is "
         "better) and the audio-video offset in frames at 25 fps (positive: the audio leads)."))
     p.add_argument("videos", type=Path, nargs="+", metavar="VIDEO", help="video files with speech")
     p.add_argument("--json", action="store_true", help="print machine-readable results (one JSON list)")
-    p.add_argument("--mode", choices=MODES, default=d.mode,
-                   help="tracks: detect and track faces, as run_pipeline.py (default); whole-frame: the frames "
-                        "are already face crops, as the LRS2 script")
-    p.add_argument("--min-track", type=int, default=d.min_track,
-                   help=f"shots need at least, face tracks more than this many frames (default {d.min_track}, "
-                        "the reference's; lower it for clips under 4 s)")
-    p.add_argument("--min-face-size", type=float, default=d.min_face_size,
-                   help=f"mean face box side in pixels a track must exceed (default {d.min_face_size:g})")
-    p.add_argument("--detect-every", type=int, default=d.detect_every, metavar="K",
-                   help="detect faces on every K-th frame and interpolate the boxes (default 1 = the "
-                        "reference; 5 makes detection, the slowest stage, 5x faster)")
-    p.add_argument("--no-jpeg-roundtrip", action="store_true",
-                   help="score the decoded frames directly instead of through JPEG as the reference does")
-    p.add_argument("--batch-size", type=int, default=d.batch_size, help="SyncNet windows per forward pass")
+    optspec.add_arguments(p.add_argument_group("scoring options"), EvalOptions)
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     p.add_argument("--syncnet", default="syncnet_v2", metavar="PATH", help="SyncNet checkpoint (syncnet_v2.model)")
     p.add_argument("--detector", default="sfd_face", metavar="PATH", help="face detector checkpoint (sfd_face.pth)")
@@ -68,11 +54,9 @@ def main(argv: list[str] | None = None) -> int:
     # model loading and weight hashes are routine; keep the console for notes about the videos
     logging.getLogger("lipsync.weights").setLevel(logging.WARNING)
     try:
-        from syncnet.evaluate import EvalOptions, SyncNetEvaluator
+        from syncnet.evaluate import SyncNetEvaluator
 
-        options = EvalOptions(mode=args.mode, min_track=args.min_track, min_face_size=args.min_face_size,
-                              detect_every=args.detect_every, jpeg_roundtrip=not args.no_jpeg_roundtrip,
-                              batch_size=args.batch_size)
+        options = optspec.from_namespace(EvalOptions, args)
         evaluator = SyncNetEvaluator(args.weights_dir, args.device, syncnet=args.syncnet, detector=args.detector)
     except LipSyncError as exc:
         print(f"error: {exc}", file=sys.stderr)

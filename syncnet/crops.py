@@ -17,10 +17,11 @@ import cv2
 import numpy as np
 from scipy.signal import medfilt
 
+from syncnet.constants import CROP_SIZE, VIDEO_FPS
+
 CROP_SCALE = 0.4
 SMOOTH_KERNEL = 13
 PAD_VALUE = 110
-CROP_SIZE = 224
 
 
 def smooth_track(boxes: np.ndarray, kernel: int = SMOOTH_KERNEL) -> np.ndarray:
@@ -67,7 +68,6 @@ def crop_face(frame: np.ndarray, s: float, x: float, y: float, *, crop_scale: fl
 # low and climbs within the first ~20 frames (q 4.5 -> ~25 for 224x224 crops): every crop the
 # reference scores went through this, and it moves LSE-D by about 1% compared with clean crops.
 IMAGE2_BIT_RATE = 200_000
-IMAGE2_FPS = 25
 
 
 class JpegRoundTrip:
@@ -79,7 +79,7 @@ class JpegRoundTrip:
     fresh instance per sequence (a face track's crop video, or a whole video).
     """
 
-    def __init__(self, fps: int = IMAGE2_FPS) -> None:
+    def __init__(self, fps: int = VIDEO_FPS) -> None:
         self._fps = fps
         self._encoder: av.VideoCodecContext | None = None
         self._index = 0

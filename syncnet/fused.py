@@ -13,7 +13,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from syncnet.model import WINDOW_FRAMES, SyncNet
+from syncnet.constants import WINDOW_FRAMES
+from syncnet.model import SyncNet
 
 
 def fold_batch_norm(weight: torch.Tensor, bias: torch.Tensor | None,

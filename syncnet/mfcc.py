@@ -12,7 +12,8 @@ from __future__ import annotations
 import numpy as np
 from scipy.fft import dct
 
-SAMPLE_RATE = 16000
+from syncnet.constants import AUDIO_RATE
+
 WIN_LEN = 400  # 25 ms at 16 kHz
 HOP = 160  # 10 ms at 16 kHz -> 100 MFCC frames per second, 4 per 25 fps video frame
 N_FFT = 512
@@ -33,7 +34,7 @@ def _mel_to_hz(mel: np.ndarray) -> np.ndarray:
     return 700.0 * (10.0 ** (mel / 2595.0) - 1.0)
 
 
-def mel_filterbank(n_filters: int = N_FILTERS, n_fft: int = N_FFT, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
+def mel_filterbank(n_filters: int = N_FILTERS, n_fft: int = N_FFT, sample_rate: int = AUDIO_RATE) -> np.ndarray:
     """(n_filters, n_fft//2+1) triangles between FFT bins floor((n_fft+1) * f / sr), 0 Hz .. sr/2."""
     mels = np.linspace(_hz_to_mel(0.0), _hz_to_mel(sample_rate / 2), n_filters + 2)
     edges = np.floor((n_fft + 1) * _mel_to_hz(mels) / sample_rate)
@@ -54,10 +55,10 @@ def frame_count(n_samples: int) -> int:
     return 1 + -(-(n_samples - WIN_LEN) // HOP)
 
 
-def mfcc(signal: np.ndarray, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
+def mfcc(signal: np.ndarray, sample_rate: int = AUDIO_RATE) -> np.ndarray:
     """(T, 13) float64 MFCC of a mono signal (int16 values, as the reference reads a WAV), T = frame_count(n)."""
-    if sample_rate != SAMPLE_RATE:
-        raise ValueError(f"SyncNet MFCC expects {SAMPLE_RATE} Hz audio, got {sample_rate} Hz")
+    if sample_rate != AUDIO_RATE:
+        raise ValueError(f"SyncNet MFCC expects {AUDIO_RATE} Hz audio, got {sample_rate} Hz")
     x = np.asarray(signal)
     if x.ndim != 1 or x.size == 0:
         raise ValueError(f"expected a non-empty mono signal, got shape {x.shape}")

@@ -16,12 +16,7 @@ from torch import nn
 from lipsync import weights
 
 EMBED_DIM = 1024
-# one window: 5 video frames at 25 fps = 0.2 s = 20 MFCC columns at 100 Hz
-WINDOW_FRAMES = 5
-MFCC_PER_FRAME = 4  # 100 Hz MFCC / 25 fps video
-WINDOW_MFCC = WINDOW_FRAMES * MFCC_PER_FRAME  # 20
 N_MFCC = 13
-CROP_SIZE = 224
 
 
 def _conv2d_bn(cin: int, cout: int, **conv: object) -> list[nn.Module]:

@@ -21,12 +21,9 @@ import torch
 import torch.nn.functional as F
 from scipy.signal import medfilt
 
-from syncnet.model import MFCC_PER_FRAME, WINDOW_FRAMES, WINDOW_MFCC
+from syncnet.constants import MFCC_PER_FRAME, SAMPLES_PER_FRAME, WINDOW_FRAMES, WINDOW_MFCC
+from syncnet.options import VSHIFT
 
-VIDEO_FPS = 25
-AUDIO_RATE = 16000
-SAMPLES_PER_FRAME = AUDIO_RATE // VIDEO_FPS  # 640
-VSHIFT = 15  # offsets tried: -15..+15 frames (±0.6 s)
 PAIRWISE_EPS = 1e-6  # torch.nn.functional.pairwise_distance adds it to the difference
 CONF_MEDFILT = 9  # kernel of the median filter over the per-window confidence curve
 _DIST_CHUNK = 256  # lip windows per distance block: 256 x 31 x 1024 float32 = 32 MB

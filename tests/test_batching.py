@@ -7,7 +7,7 @@ import logging
 import pytest
 import torch
 
-from lipsync.batching import in_batches
+from face_detection.batching import in_batches
 
 
 def _recorder(limit: int | None = None):

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from face_detection.boxes import choose_face, fill_gaps, nan_runs, pad_boxes, smooth_boxes
+from face_detection.boxes import choose_face, fill_gaps, pad_boxes, smooth_boxes, true_runs
 from tests.conftest import DATA
 
 
@@ -54,12 +54,12 @@ def test_pad_clamps_only_the_grown_sides():
     np.testing.assert_array_equal(out, [[0, 0, 100, 115], [0, 0, 58, 70]])
 
 
-def test_nan_runs():
-    mask = np.array([False, True, True, False, False, True, False])
-    assert nan_runs(mask) == [(0, 0), (3, 4), (6, 6)]
-    assert nan_runs(np.ones(4, bool)) == []
-    assert nan_runs(np.zeros(3, bool)) == [(0, 2)]
-    assert nan_runs(np.zeros(0, bool)) == []
+def test_true_runs():
+    mask = np.array([True, False, False, True, True, False, True])
+    assert true_runs(mask) == [(0, 0), (3, 4), (6, 6)]
+    assert true_runs(np.zeros(4, bool)) == []
+    assert true_runs(np.ones(3, bool)) == [(0, 2)]
+    assert true_runs(np.zeros(0, bool)) == []
 
 
 def _moving_box(n: int) -> np.ndarray:
@@ -86,7 +86,7 @@ def test_fill_gaps_leaves_long_gaps_and_edges():
     boxes[95:] = np.nan
     boxes[80:84] = np.nan
     filled, found = fill_gaps(boxes, max_gap=25)
-    assert nan_runs(found) == [(0, 2), (30, 69), (95, 99)]
+    assert true_runs(~found) == [(0, 2), (30, 69), (95, 99)]
     assert np.isnan(filled[~found]).all()
     np.testing.assert_allclose(filled[found], truth[found], atol=1e-9)
     np.testing.assert_array_equal(boxes[:3], np.nan)  # input left alone

@@ -1,6 +1,7 @@
 import numpy as np
 
 from lipsync import detcache
+from lipsync.hashing import content_key, file_sha256
 
 
 def test_round_trip_keeps_faceless_frames(tmp_path, monkeypatch):
@@ -19,9 +20,16 @@ def test_key_depends_on_content_and_settings(tmp_path):
     a, b = tmp_path / "a.mp4", tmp_path / "b.mp4"
     a.write_bytes(b"one")
     b.write_bytes(b"two")
-    assert detcache.content_key(a, {"x": 1}) != detcache.content_key(b, {"x": 1})
-    assert detcache.content_key(a, {"x": 1}) != detcache.content_key(a, {"x": 2})
-    assert detcache.content_key(a, {"x": 1}) == detcache.content_key(a, {"x": 1})
+    assert content_key(a, {"x": 1}) != content_key(b, {"x": 1})
+    assert content_key(a, {"x": 1}) != content_key(a, {"x": 2})
+    assert content_key(a, {"x": 1}) == content_key(a, {"x": 1})
+    # the SHA-256 of the bytes: known for b"one"; a copy has the same, a changed file another
+    assert file_sha256(a) == "7692c3ad3540bb803c020b3aee66cd8887123234ea0c6e7143c0add73ff431ed"
+    copy = tmp_path / "copy of a.mp4"
+    copy.write_bytes(a.read_bytes())
+    assert content_key(copy, {"x": 1}) == content_key(a, {"x": 1})
+    a.write_bytes(b"one, edited")
+    assert file_sha256(a) != file_sha256(copy)
 
 
 def test_unwritable_cache_only_warns(tmp_path, monkeypatch, caplog):

@@ -281,20 +281,22 @@ def test_detector_halves_batch_on_out_of_memory(s3fd_sd):
             return super().forward(x)
 
     det = _detector("s3fd", s3fd_sd, Picky(1, 1, 1))
-    frames = np.zeros((7, 64, 64, 3), np.uint8)
-    out = det.detect(frames, batch_size=8)
-    assert len(out) == 7 and all(len(d) == 1 for d in out)
-    assert det.batch_size == 2
-    assert [len(x) for x in det.net.inputs] == [2, 2, 2, 1]
+    frames = np.zeros((8, 64, 64, 3), np.uint8)
+    out = det.detect(frames, batch_size=8)  # the shared in_batches: 8 fails, 4 fails, then pairs
+    assert len(out) == 8 and all(len(d) == 1 for d in out)
+    assert det.batch_size == 2  # later calls start from the size that fitted
+    assert [len(x) for x in det.net.inputs] == [2, 2, 2, 2]
+    det.detect(frames[:3])
+    assert [len(x) for x in det.net.inputs[4:]] == [2, 1]
 
 
 def test_detector_winograd_option(s3fd_sd):
     def blocks(det: FaceDetector) -> list[int]:
         return [m.block for m in det.net.modules() if isinstance(m, WinogradConv2d)]
 
-    assert blocks(FaceDetector(s3fd_sd)) == [4] * 9
+    assert blocks(FaceDetector(s3fd_sd)) == []  # direct convolutions unless asked, as load_detector
+    assert blocks(FaceDetector(s3fd_sd, winograd=4)) == [4] * 9
     assert blocks(FaceDetector(s3fd_sd, winograd=2)) == [2] * 9
-    assert blocks(FaceDetector(s3fd_sd, winograd=None)) == []
 
 
 def test_detector_errors(s3fd_sd, sfd_sd):

@@ -1,7 +1,9 @@
 import numpy as np
 import pytest
 
-from lipsync import faces
+from face_detection.boxes import true_runs
+from face_detection.keyframes import key_frames, mark_key_frames
+from lipsync import detect, faces
 from lipsync.options import LipSyncOptions
 from lipsync.pipeline import source_index, transform_frame
 
@@ -11,9 +13,13 @@ def det(*boxes):
 
 
 def test_key_frames_include_last():
-    assert faces.key_frames(11, 5) == [0, 5, 10]
-    assert faces.key_frames(12, 5) == [0, 5, 10, 11]
-    assert faces.key_frames(1, 5) == [0]
+    assert key_frames(11, 5) == [0, 5, 10]
+    assert key_frames(12, 5) == [0, 5, 10, 11]
+    assert key_frames(1, 5) == [0]
+    assert key_frames(0, 5) == []
+    stream = list(mark_key_frames("abcdefg", 3))  # a stream whose length is not known in advance
+    assert [(i, c) for i, c, key in stream if key] == [(0, "a"), (3, "d"), (6, "g")]
+    assert [c for _, c, _ in stream] == list("abcdefg")
 
 
 def test_refinement_when_face_appears_or_jumps():
@@ -61,7 +67,7 @@ def test_finalize_pads_smooths_and_reports_gaps():
     boxes[13:20] = [20, 20, 60, 60]  # 3-frame gap: bridged
     boxes[30:] = [20, 20, 60, 60]  # 10-frame gap with max_gap 5: kept
     out, found = faces.finalize_boxes(boxes, pads=(0, 10, 0, 0), frame_hw=(100, 100), max_gap=5, smooth=True)
-    assert faces.frame_ranges(~found) == [(20, 29)]
+    assert true_runs(~found) == [(20, 29)]
     assert (out[found] == [20, 20, 60, 70]).all()
     clamped, _ = faces.finalize_boxes(np.array([[0.0, 80, 50, 95]]), pads=(0, 10, 0, 0), frame_hw=(100, 100),
                                       max_gap=0, smooth=False)
@@ -100,14 +106,14 @@ def test_wrong_detector_checkpoint_is_a_weights_error(weights_dir):
     from lipsync.errors import WeightsError
 
     with pytest.raises(WeightsError, match=r"sfd_face.pth: s3fd checkpoint does not fit.*variant='sfd_face'"):
-        faces.load_detector(weights_dir / "sfd_face.pth", "s3fd")
+        detect.load_detector(weights_dir / "sfd_face.pth", "s3fd")
 
 
 def test_lip_sync_detector_uses_direct_convolutions(weights_dir):
-    """Winograd kernels cost the lip-sync engine more memory than their speed is worth (see load_detector)."""
+    """Winograd kernels cost the lip-sync engine more memory than their speed is worth (see detect.load_detector)."""
     from face_detection.winograd import WinogradConv2d
 
-    det = faces.load_detector(weights_dir / "s3fd.pth", "s3fd")
+    det = detect.load_detector(weights_dir / "s3fd.pth", "s3fd")
     assert not any(isinstance(m, WinogradConv2d) for m in det.net.modules())
-    det = faces.load_detector(weights_dir / "s3fd.pth", "s3fd", winograd=4)
+    det = detect.load_detector(weights_dir / "s3fd.pth", "s3fd", winograd=4)
     assert sum(isinstance(m, WinogradConv2d) for m in det.net.modules()) == 9

@@ -15,7 +15,8 @@ import torch
 
 from lipsync.errors import InputError, WeightsError
 from syncnet import crops, scenes, score
-from syncnet.evaluate import EvalOptions, _LipWindows, to_int16
+from syncnet.embed import LipWindows
+from syncnet.evaluate import EvalOptions, to_int16
 from syncnet.fused import FusedSyncNet, fold_tower
 from syncnet.mfcc import frame_count, mfcc
 from syncnet.model import SyncNet, load_syncnet
@@ -221,7 +222,7 @@ class _MeanLip:
 @pytest.mark.parametrize(("n_frames", "limit", "batch"), [(30, 100, 4), (30, 100, 50), (30, 12, 5), (6, 100, 3)])
 def test_streamed_windows_match_the_reference_windows(n_frames: int, limit: int, batch: int):
     frames = np.arange(n_frames, dtype=np.uint8)[:, None, None, None] * np.ones((1, 4, 4, 3), np.uint8)
-    stream = _LipWindows(_MeanLip(), torch.device("cpu"), batch, limit)
+    stream = LipWindows(_MeanLip(), torch.device("cpu"), batch, limit)
     for f in frames:
         stream.push(f)
     feats = stream.finish().numpy()
