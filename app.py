@@ -33,12 +33,15 @@ import pandas as pd
 import torch
 from gradio.utils import get_upload_folder
 
-from lipsync import weights
+from lipsync import optspec, weights
 from lipsync.errors import InputError, LipSyncError
 from lipsync.media import MediaInfo, audio_duration, probe
 from lipsync.options import LipSyncOptions
+from lipsync.optspec import Parameter, option
 from lipsync.pipeline import LipSync, LipSyncResult
-from syncnet.evaluate import MIN_TRACK, EvalOptions, SyncNetEvaluator, VideoResult
+from syncnet.constants import VIDEO_FPS
+from syncnet.evaluate import SyncNetEvaluator, VideoResult
+from syncnet.options import EvalOptions
 
 try:  # Hugging Face ZeroGPU hardware: GPU work must run inside functions wrapped by spaces.GPU
     import spaces
@@ -49,7 +52,6 @@ log = logging.getLogger("app")
 
 EXAMPLES = Path(__file__).resolve().parent / "examples"
 WEIGHT_NAMES = ("wav2lip_gan", "wav2lip", "s3fd", "syncnet_v2", "sfd_face")
-EVAL_FPS = 25  # the evaluator works on frames resampled to 25 fps, so curve index / 25 = seconds
 # ZeroGPU grants a GPU for at most this long per call; a 120 s clip takes well under a minute on a GPU
 GPU_SECONDS = 120
 OUTPUT_DIR_NAME = "lipsync-outputs"
@@ -238,20 +240,6 @@ class WeightsStatus:
 
 
 # -- helpers -------------------------------------------------------------------------------------------
-def parse_numbers(text: str | None, count: int, what: str) -> tuple[float, ...] | None:
-    """``"1 2 3 4"`` (spaces or commas) -> a tuple of ``count`` numbers; empty -> None."""
-    if text is None or not str(text).strip():
-        return None
-    parts = [p for p in re.split(r"[\s,]+", str(text).strip()) if p]
-    try:
-        numbers = tuple(float(p) for p in parts)
-    except ValueError:
-        numbers = ()
-    if len(numbers) != count or not all(math.isfinite(n) for n in numbers):
-        raise InputError(f"{what} needs {count} numbers separated by spaces, got {text!r}")
-    return numbers
-
-
 def _safe_stem(path: str | Path) -> str:
     stem = re.sub(r"[^A-Za-z0-9_-]+", "_", Path(path).stem).strip("_")[:40]
     return stem or "video"
@@ -320,72 +308,68 @@ def _scores_markdown(rows: list[tuple[str, dict[str, Any]]]) -> str:
     return "\n".join(lines) + ("\n\n" + "\n".join(notes) if notes else "")
 
 
-def eval_options(mode: str = "tracks", min_track: float = MIN_TRACK, jpeg_roundtrip: bool = True,
-                 detect_every: float = 1) -> EvalOptions:
-    return EvalOptions(mode=mode, min_track=int(min_track), jpeg_roundtrip=bool(jpeg_roundtrip),
-                       detect_every=int(detect_every))
+# -- the endpoints' parameters, derived from the options dataclasses ----------------------------------
+@dataclass(frozen=True)
+class InputScoring:
+    """The app's own switch, declared like the options so it gets a CLI-free parameter and a checkbox."""
+
+    score_input: bool = option(True, "Also score the face video against its own audio, when it has some.",
+                               "Also score the input video with its own audio (before / after)")
+
+
+LIPSYNC_FILES = {
+    "face_video": "Video of a face (mp4, mov, mkv, webm, avi...); give this or face_image.",
+    "face_image": "Still photo of a face (jpg, png, webp), used when face_video is empty.",
+    "audio": "Speech (wav, mp3, m4a, flac, ogg, or a video whose audio is used); its length sets the output's.",
+}
+EVALUATE_FILES = {
+    "video": "The video to score (with its audio).",
+    "reference_video": "Optional second video scored beside it (e.g. the original before lip sync).",
+}
+LIPSYNC_PARAMS = optspec.parameters(LipSyncOptions)
+INPUT_SCORING_PARAMS = optspec.parameters(InputScoring)
+# /lipsync's scoring options carry a score_ prefix (score_mode...); min_track was documented without it
+SCORE_PARAMS = optspec.parameters(EvalOptions, prefix="score_", unprefixed=("min_track",))
+EVALUATE_PARAMS = optspec.parameters(EvalOptions)
+
+
+def endpoint(body: Callable[..., Any], name: str, files: dict[str, str], params: list[Parameter],
+             summary: str, returns: str) -> Callable[..., Any]:
+    """A Gradio handler whose signature and docstring list ``files`` then ``params``.
+
+    Gradio names the API parameters after the signature and shows the docstring; Python callers may
+    pass them by keyword too. The function calls ``body(values, progress)``, values keyed by name.
+    """
+    P = inspect.Parameter
+    signature = inspect.Signature(
+        [P(n, P.POSITIONAL_OR_KEYWORD, default=None) for n in files]
+        + [P(p.name, P.POSITIONAL_OR_KEYWORD, default=p.default) for p in params]
+        + [P("progress", P.POSITIONAL_OR_KEYWORD, default=gr.Progress(track_tqdm=True))])
+
+    def handler(*args: Any, **kwargs: Any) -> Any:
+        bound = signature.bind(*args, **kwargs)
+        bound.apply_defaults()
+        values = dict(bound.arguments)
+        progress = values.pop("progress")
+        return body(values, progress)
+
+    handler.__signature__ = signature
+    args = [f"{n}: {text}" for n, text in files.items()] + optspec.describe(params)
+    handler.__doc__ = (summary + "\n\nArgs:\n" + "\n".join(f"    {line}" for line in args)
+                       + f"\n\nReturns:\n    {returns}")
+    handler.__name__ = handler.__qualname__ = name
+    return handler
+
+
+def options_from(cls: type, values: dict[str, Any], params: list[Parameter]) -> Any:
+    """The options dataclass from an endpoint's values (InputError says which parameter is wrong)."""
+    return optspec.from_parameters(cls, values, params)
 
 
 # -- handlers (the named API endpoints) ---------------------------------------------------------------
-def lipsync(
-    face_video: str | None = None,
-    face_image: str | None = None,
-    audio: str | None = None,
-    checkpoint: str = "wav2lip_gan",
-    pad_top: float = 0,
-    pad_bottom: float = 10,
-    pad_left: float = 0,
-    pad_right: float = 0,
-    resize_factor: float = 1,
-    box: str = "",
-    nosmooth: bool = False,
-    loop: str = "forward",
-    blend: str = "none",
-    face_index: float = 0,
-    face_point: str = "",
-    detection: str = "fast",
-    strict: bool = False,
-    face_det_batch_size: float = 16,
-    wav2lip_batch_size: float = 128,
-    fps: float = 25,
-    score_input: bool = True,
-    score_mode: str = "tracks",
-    min_track: float = MIN_TRACK,
-    progress: gr.Progress = gr.Progress(track_tqdm=True),  # noqa: B008 - Gradio's way to ask for progress
-) -> tuple[str, str, dict[str, Any]]:
-    """Lip-sync a face video (or a still photo) to a speech track with Wav2Lip, then score the result.
-
-    Args:
-        face_video: video of a face (mp4, mov, mkv, webm, avi...); give this or face_image.
-        face_image: still photo of a face (jpg, png, webp), used when face_video is empty.
-        audio: speech (wav, mp3, m4a, flac, ogg, or a video whose audio is used); its length sets the output's.
-        checkpoint: "wav2lip_gan" (sharper) or "wav2lip" (more accurate sync).
-        pad_top: pixels added above the detected face box.
-        pad_bottom: pixels added below the detected face box (10 takes in the chin).
-        pad_left: pixels added left of the detected face box.
-        pad_right: pixels added right of the detected face box.
-        resize_factor: shrink the video by this integer factor first (faster; the output is smaller).
-        box: fixed face box "top bottom left right" in pixels, which skips face detection; empty = detect.
-        nosmooth: do not smooth face boxes over time (5-frame window).
-        loop: how frames repeat when the audio outlasts the video: "forward" or "pingpong".
-        blend: "none" (the original hard paste) or "feather" (soft edges around the mouth).
-        face_index: which face when there are several: 0 = largest, 1 = next largest...
-        face_point: "x y" in pixels: use the face under (or nearest to) this point; empty = face_index.
-        detection: "fast" (downscaled, key frames) or "original" (full resolution, every frame).
-        strict: stop with an error when a frame has no face, instead of leaving it unchanged.
-        face_det_batch_size: frames per face-detector batch.
-        wav2lip_batch_size: faces per generator batch.
-        fps: frame rate of the output when the face is a still photo.
-        score_input: also score the face video against its own audio, when it has some.
-        score_mode: "tracks" (detect and track faces, as syncnet_python) or "whole-frame" (frames are face crops).
-        min_track: shortest face track scored, in frames at 25 fps (syncnet_python uses 100).
-
-    Returns:
-        The lip-synced MP4 (H.264 + AAC); a Markdown summary (scores, frames without a face); and the
-        same as JSON: {"output": scores, "input": scores or null, "no_face_ranges", "n_frames", "fps",
-        "duration", "timings"}, where scores = {"lse_d", "lse_c", "offset", "tracks", "messages"}.
-    """
+def _lipsync(values: dict[str, Any], progress: gr.Progress) -> tuple[str, str, dict[str, Any]]:
     settings = Settings.from_env()
+    face_video, face_image, audio = values["face_video"], values["face_image"], values["audio"]
     face = face_video or face_image
     if not face:
         raise gr.Error("Give a face: upload a video or a photo (or record one with the webcam).")
@@ -395,14 +379,9 @@ def lipsync(
     try:
         face_info = check_input(face, settings, "face video" if face_video else "face photo")
         check_input(audio, settings, "audio", audio=True)
-        options = LipSyncOptions(
-            checkpoint=checkpoint, pads=(int(pad_top), int(pad_bottom), int(pad_left), int(pad_right)),
-            resize_factor=int(resize_factor), box=parse_numbers(box, 4, "box (top bottom left right)"),
-            nosmooth=bool(nosmooth), fps=float(fps), face_det_batch_size=int(face_det_batch_size),
-            wav2lip_batch_size=int(wav2lip_batch_size), loop=loop, strict=bool(strict), face_index=int(face_index),
-            face_point=parse_numbers(face_point, 2, "face point (x y)"), blend=blend, detection=detection,
-        )
-        scoring = eval_options(score_mode, min_track)
+        options = options_from(LipSyncOptions, values, LIPSYNC_PARAMS)
+        score_input = options_from(InputScoring, values, INPUT_SCORING_PARAMS).score_input
+        scoring = options_from(EvalOptions, values, SCORE_PARAMS)
         folder = request_dir(settings)
         output = folder / f"{_safe_stem(face)}_lipsync.mp4"
         progress(0, desc="lip sync")
@@ -436,40 +415,24 @@ def lipsync(
     return str(output), "\n\n".join(summary), details
 
 
+run_lipsync = endpoint(
+    _lipsync, "run_lipsync", LIPSYNC_FILES, LIPSYNC_PARAMS + INPUT_SCORING_PARAMS + SCORE_PARAMS,
+    "Lip-sync a face video (or a still photo) to a speech track with Wav2Lip, then score the result.",
+    'The lip-synced MP4 (H.264 + AAC); a Markdown summary (scores, frames without a face); and the same as JSON: '
+    '{"output": scores, "input": scores or null, "no_face_ranges", "n_frames", "fps", "duration", "timings"}, '
+    'where scores = {"lse_d", "lse_c", "offset", "tracks", "messages"}.')
+
 CURVE_COLUMNS = ["time (s)", "confidence", "series"]
 TABLE_COLUMNS = ["video", "track", "first frame", "last frame", "LSE-D", "LSE-C", "offset"]
 
 
-def evaluate(
-    video: str | None = None,
-    reference_video: str | None = None,
-    mode: str = "tracks",
-    min_track: float = MIN_TRACK,
-    jpeg_roundtrip: bool = True,
-    detect_every: float = 1,
-    progress: gr.Progress = gr.Progress(track_tqdm=True),  # noqa: B008 - Gradio's way to ask for progress
-) -> tuple[pd.DataFrame, pd.DataFrame, str]:
-    """Score how well lips and speech agree in a video (SyncNet LSE-D / LSE-C / AV offset).
-
-    Args:
-        video: the video to score (with its audio).
-        reference_video: optional second video scored beside it (e.g. the original before lip sync).
-        mode: "tracks" (detect and track faces, as syncnet_python) or "whole-frame" (frames are face crops).
-        min_track: shortest face track scored, in frames at 25 fps (syncnet_python uses 100).
-        jpeg_roundtrip: read frames back through JPEG as the reference pipeline does (comparable numbers).
-        detect_every: run the face detector on every k-th frame only (k times faster detection; reference: 1).
-
-    Returns:
-        A table with one row per video and face track (LSE-D: lower is better; LSE-C: higher is better;
-        offset in frames); the sync confidence over time (columns "time (s)", "confidence", "series");
-        and a Markdown summary.
-    """
+def _evaluate(values: dict[str, Any], progress: gr.Progress) -> tuple[pd.DataFrame, pd.DataFrame, str]:
     settings = Settings.from_env()
-    videos = [(label, path) for label, path in (("A", video), ("B", reference_video)) if path]
+    videos = [(label, path) for label, path in (("A", values["video"]), ("B", values["reference_video"])) if path]
     if not videos:
         raise gr.Error("Give a video to score.")
     try:
-        options = eval_options(mode, min_track, jpeg_roundtrip, detect_every)
+        options = options_from(EvalOptions, values, EVALUATE_PARAMS)
         for label, path in videos:
             check_input(path, settings, f"video {label}")
     except LipSyncError as exc:
@@ -490,13 +453,20 @@ def evaluate(
                           _rounded(track.lse_c), track.offset])
             series = f"{label} track {i}" if len(result.tracks) > 1 else label
             for j, conf in enumerate(track.confidence):
-                curves.append([(track.first_frame + j) / EVAL_FPS, float(conf), series])
+                curves.append([(track.first_frame + j) / VIDEO_FPS, float(conf), series])
     if not summary:
         raise gr.Error("\n".join(errors), title="Cannot score this")
     text = _scores_markdown(summary)
     if errors:
         text += "\n\n" + "\n".join(f"- **not scored**, {e}" for e in errors)
     return pd.DataFrame(table, columns=TABLE_COLUMNS), curve_frame(curves), text
+
+
+run_evaluate = endpoint(
+    _evaluate, "run_evaluate", EVALUATE_FILES, EVALUATE_PARAMS,
+    "Score how well lips and speech agree in a video (SyncNet LSE-D / LSE-C / AV offset).",
+    'A table with one row per video and face track (LSE-D: lower is better; LSE-C: higher is better; offset in '
+    'frames); the sync confidence over time (columns "time (s)", "confidence", "series"); and a Markdown summary.')
 
 
 def curve_frame(rows: list[list[Any]]) -> pd.DataFrame:
@@ -538,50 +508,46 @@ def _device_note() -> str:
     return "CPU (slow: a fixed face box under Advanced skips face detection, the slowest step)"
 
 
-def _advanced_options() -> dict[str, gr.components.Component]:
-    """The engine's and the scorer's options, keyed by the ``lipsync`` parameter each one fills."""
-    number = {"precision": 0, "min_width": 80}
-    c: dict[str, gr.components.Component] = {}
-    with gr.Row():
-        c["checkpoint"] = gr.Radio(["wav2lip_gan", "wav2lip"], value="wav2lip_gan", label="Checkpoint",
-                                   info="wav2lip_gan: sharper; wav2lip: more accurate sync")
-        c["detection"] = gr.Radio(["fast", "original"], value="fast", label="Face detection",
-                                  info="original: full resolution on every frame (slow)")
-    with gr.Row():
-        for side, default in (("top", 0), ("bottom", 10), ("left", 0), ("right", 0)):
-            c[f"pad_{side}"] = gr.Number(default, label=f"Pad {side}", **number)
-    with gr.Row():
-        c["box"] = gr.Textbox("", label="Fixed face box", placeholder="top bottom left right", elem_id="box",
-                              info="pixels; skips face detection. Empty = detect")
-        c["face_index"] = gr.Number(0, label="Face index", minimum=0, info="0 = largest face, 1 = next…",
-                                    **number)
-        c["face_point"] = gr.Textbox("", label="Face point", placeholder="x y",
-                                     info="use the face at this pixel. Empty = face index")
-    with gr.Row():
-        c["resize_factor"] = gr.Number(1, label="Resize factor", minimum=1, **number)
-        c["fps"] = gr.Number(25, label="FPS for a photo", minimum=1, min_width=80)
-        c["face_det_batch_size"] = gr.Number(16, label="Detector batch", minimum=1, **number)
-        c["wav2lip_batch_size"] = gr.Number(128, label="Generator batch", minimum=1, **number)
-    with gr.Row():
-        c["loop"] = gr.Radio(["forward", "pingpong"], value="forward", label="Loop",
-                             info="when the audio is longer than the video")
-        c["blend"] = gr.Radio(["none", "feather"], value="none", label="Blend", info="none = original hard paste")
-    with gr.Row():
-        c["nosmooth"] = gr.Checkbox(False, label="No smoothing of face boxes")
-        c["strict"] = gr.Checkbox(False, label="Strict: fail on frames without a face")
-    with gr.Row():
-        c["score_mode"] = gr.Radio(["tracks", "whole-frame"], value="tracks", label="Scoring mode",
-                                   elem_id="score-mode", info="whole-frame: the frames are already face crops")
-        c["min_track"] = gr.Number(MIN_TRACK, label="Shortest scored face track (frames)", minimum=1,
-                                   info="syncnet_python: 100 (4 s); lower it for short clips", **number)
-    return c
+def _component(param: Parameter, elem_prefix: str) -> gr.components.Component:
+    """The UI control of one parameter; its initial value is the option's default (the API's too)."""
+    info = param.spec.help if not param.part else None  # a tuple's parts share one help text: show it once
+    common = {"label": param.label, "info": info, "elem_id": elem_prefix + param.name.replace("_", "-")}
+    if param.kind == "bool":
+        return gr.Checkbox(param.default, **common)
+    if param.kind == "choice":
+        return gr.Radio(list(param.choices), value=param.default, **common)
+    if param.kind == "numbers":
+        return gr.Textbox(param.default, placeholder=param.placeholder, **common)
+    bounds = {"minimum": param.spec.minimum, "maximum": param.spec.maximum}
+    return gr.Number(param.default, precision=0 if param.element is int else None, min_width=120, **common, **bounds)
+
+
+def option_controls(params: list[Parameter], elem_prefix: str = "") -> dict[str, gr.components.Component]:
+    """One control per parameter, keyed by its name: a row per option group, rare ones in "More options"."""
+    controls: dict[str, gr.components.Component] = {}
+
+    def lay_out(subset: list[Parameter]) -> None:
+        groups: dict[str, list[Parameter]] = {}
+        for p in subset:
+            groups.setdefault(p.spec.group, []).append(p)
+        for members in groups.values():
+            with gr.Row():
+                for p in members:
+                    controls[p.name] = _component(p, elem_prefix)
+
+    lay_out([p for p in params if not p.spec.advanced])
+    rare = [p for p in params if p.spec.advanced]
+    if rare:
+        with gr.Accordion("More options", open=False):
+            lay_out(rare)
+    return controls
 
 
 def build_demo(settings: Settings | None = None, status: WeightsStatus | None = None) -> gr.Blocks:
-    """The Blocks app, queued; starts fetching the weights in the background."""
+    """The Blocks app, queued. Nothing is fetched or loaded here: the weights are fetched when the app is
+    launched, or when the page is first opened (``gradio app.py`` reload mode)."""
     settings = settings or Settings.from_env()
     status = status or WeightsStatus()
-    status.start()
     lipsync_rows, evaluate_rows = _example_rows()
     heavy = {"concurrency_limit": settings.concurrency, "concurrency_id": "models"}
     light: dict[str, Any] = {"api_visibility": "private", "queue": False}
@@ -602,10 +568,11 @@ def build_demo(settings: Settings | None = None, status: WeightsStatus | None = 
                                               sources=["upload", "webcam", "clipboard"], elem_id="face-image")
                     audio = gr.Audio(label="Speech", type="filepath", sources=["upload", "microphone"],
                                      elem_id="audio")
-                    score_input = gr.Checkbox(True, label="Also score the input video with its own audio "
-                                                          "(before / after)")
+                    controls = option_controls(INPUT_SCORING_PARAMS)
                     with gr.Accordion("Advanced", open=False, elem_id="advanced"):
-                        options = _advanced_options()
+                        controls |= option_controls(LIPSYNC_PARAMS)
+                        with gr.Accordion("Scoring options", open=False, elem_id="scoring-options"):
+                            controls |= option_controls(SCORE_PARAMS)
                     run_button = gr.Button("Lip sync", variant="primary", elem_id="run-lipsync")
                 with gr.Column():
                     out_video = gr.Video(label="Lip-synced video", interactive=False, buttons=["download"],
@@ -615,7 +582,7 @@ def build_demo(settings: Settings | None = None, status: WeightsStatus | None = 
                         out_details = gr.JSON(label="Details")
             if lipsync_rows:
                 gr.Examples(lipsync_rows, [face_video, face_image, audio], cache_examples=False,
-                            example_labels=["video + other speech", "photo + speech"])
+                            example_labels=["video + other speech", "photo + speech"], api_visibility="private")
 
         with gr.Tab("Evaluate", id="evaluate"):
             gr.Markdown("Score any video. After a lip sync, A holds the result and B the original: "
@@ -623,13 +590,7 @@ def build_demo(settings: Settings | None = None, status: WeightsStatus | None = 
             with gr.Row():
                 eval_video = gr.Video(label="Video A", sources=["upload"], elem_id="eval-video")
                 eval_reference = gr.Video(label="Video B (optional)", sources=["upload"], elem_id="eval-reference")
-            with gr.Row():
-                eval_mode = gr.Radio(["tracks", "whole-frame"], value="tracks", label="Mode", elem_id="eval-mode")
-                eval_min_track = gr.Number(MIN_TRACK, label="Shortest scored face track (frames)", precision=0,
-                                           minimum=1)
-                eval_detect_every = gr.Number(1, label="Detect faces every k frames", precision=0, minimum=1,
-                                              maximum=25, info="k > 1: faster, boxes interpolated")
-                eval_jpeg = gr.Checkbox(True, label="JPEG round trip, as the reference (comparable numbers)")
+            eval_controls = option_controls(EVALUATE_PARAMS, elem_prefix="eval-")
             eval_button = gr.Button("Score", variant="primary", elem_id="run-evaluate")
             eval_summary = gr.Markdown(elem_id="evaluate-summary")
             eval_table = gr.Dataframe(headers=TABLE_COLUMNS, label="Per face track", interactive=False)
@@ -637,41 +598,54 @@ def build_demo(settings: Settings | None = None, status: WeightsStatus | None = 
             eval_plot = gr.LinePlot(None, x="time (s)", y="confidence", color="series",
                                     label="Sync confidence over time (higher: lips and speech agree)")
             if evaluate_rows:
-                gr.Examples(evaluate_rows, [eval_video, eval_reference], cache_examples=False)
+                gr.Examples(evaluate_rows, [eval_video, eval_reference], cache_examples=False,
+                            api_visibility="private")
 
-        options["score_input"] = score_input
-        names = [p for p in inspect.signature(lipsync).parameters if p not in ("face_video", "face_image", "audio",
-                                                                               "progress")]
-        run_event = run_button.click(
-            lipsync, inputs=[face_video, face_image, audio] + [options[n] for n in names],
-            outputs=[out_video, out_summary, out_details], api_name="lipsync", **heavy,
-        )
+        lipsync_inputs = [face_video, face_image, audio] + [
+            controls[p.name] for p in LIPSYNC_PARAMS + INPUT_SCORING_PARAMS + SCORE_PARAMS]
+        run_event = run_button.click(run_lipsync, inputs=lipsync_inputs, outputs=[out_video, out_summary, out_details],
+                                     api_name="lipsync", **heavy)
         run_event.success(prefill_evaluate, [out_video, face_video], [eval_video, eval_reference], **light)
-        eval_button.click(
-            evaluate, inputs=[eval_video, eval_reference, eval_mode, eval_min_track, eval_jpeg, eval_detect_every],
-            outputs=[eval_table, eval_plot, eval_summary], api_name="evaluate", **heavy,
-        )
+        evaluate_inputs = [eval_video, eval_reference] + [eval_controls[p.name] for p in EVALUATE_PARAMS]
+        eval_button.click(run_evaluate, inputs=evaluate_inputs, outputs=[eval_table, eval_plot, eval_summary],
+                          api_name="evaluate", **heavy)
         face_video.input(keep_one_face, face_video, face_image, **light)
         face_image.input(keep_one_face, face_image, face_video, **light)
 
         def refresh_weights() -> tuple[str, gr.Timer]:
+            status.start()  # the first page view starts the fetch, when the app was not launched by main()
             return status.markdown(), gr.Timer(active=not status.done())
 
         timer.tick(refresh_weights, outputs=[weights_md, timer], **light)
         demo.load(refresh_weights, outputs=[weights_md, timer], **light)
 
     demo.queue(default_concurrency_limit=settings.concurrency, max_size=settings.queue_size)
+    demo.weights_status = status
     return demo
 
 
 def launch(demo: gr.Blocks, settings: Settings, *, host: str | None = None, port: int | None = None,
            share: bool = False, mcp: bool = False, block: bool = True) -> tuple[Any, str, str | None]:
-    """Start the server (``block=False`` returns at once, for tests); returns (app, local_url, share_url)."""
+    """Start fetching the weights, then the server (``block=False`` returns at once, for tests);
+    returns (app, local_url, share_url)."""
+    demo.weights_status.start()
     return demo.launch(
         server_name=host, server_port=port, share=share, mcp_server=mcp or None,
         max_file_size=int(settings.max_mb * 2**20), allowed_paths=[str(EXAMPLES)],
         prevent_thread_lock=not block, theme=gr.themes.Soft(), footer_links=["api", "gradio"],
     )
+
+
+def _startup_settings() -> Settings:
+    try:
+        return Settings.from_env()
+    except ValueError as exc:
+        raise SystemExit(f"app.py: {exc}") from None
+
+
+# The app as Spaces and ``gradio app.py`` (reload mode) expect it: a module-level ``demo``. Building it
+# reads only the environment: no weights are fetched and no model is loaded until launch or first use.
+demo = build_demo(_startup_settings())
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -682,13 +656,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--mcp", action="store_true", help="also expose /lipsync and /evaluate as MCP tools")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    try:
-        settings = Settings.from_env()
-    except ValueError as exc:
-        parser.exit(2, f"app.py: {exc}\n")
     if args.mcp and importlib.util.find_spec("mcp") is None:
         parser.exit(2, "app.py: --mcp needs Gradio's MCP extra: pip install 'gradio[mcp]'\n")
-    launch(build_demo(settings), settings, host=args.host, port=args.port, share=args.share, mcp=args.mcp)
+    launch(demo, _startup_settings(), host=args.host, port=args.port, share=args.share, mcp=args.mcp)
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ the numbers are finite, not meaningful.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import socket
 import threading
@@ -96,6 +97,33 @@ def test_api_lists_only_the_two_endpoints(client):
     params = {p["parameter_name"] for p in api["named_endpoints"]["/lipsync"]["parameters"]}
     assert {"face_video", "face_image", "audio", "checkpoint", "box", "score_input"} <= params
     assert not api["unnamed_endpoints"]
+
+
+def test_endpoints_take_exactly_the_options_with_their_defaults(client):
+    """The API parameters (and the UI controls behind them) are the dataclasses' fields, defaults included."""
+    api = client.view_api(print_info=False, return_format="dict")["named_endpoints"]
+    def names(cls) -> set[str]:
+        return {f.name for f in dataclasses.fields(cls)}
+
+    # every field of each options class is behind exactly the parameters derived from it
+    assert {p.field for p in app.LIPSYNC_PARAMS} == names(app.LipSyncOptions)
+    assert {p.field for p in app.SCORE_PARAMS} == {p.field for p in app.EVALUATE_PARAMS} == names(app.EvalOptions)
+    for endpoint, files, params in (
+        ("/lipsync", app.LIPSYNC_FILES, app.LIPSYNC_PARAMS + app.INPUT_SCORING_PARAMS + app.SCORE_PARAMS),
+        ("/evaluate", app.EVALUATE_FILES, app.EVALUATE_PARAMS),
+    ):
+        seen = api[endpoint]["parameters"]
+        assert [p["parameter_name"] for p in seen] == list(files) + [p.name for p in params]
+        options = {p["parameter_name"]: p for p in seen[len(files):]}
+        for param in params:
+            assert options[param.name]["parameter_default"] == param.default, param.name
+            assert options[param.name]["label"] == param.label, param.name  # the control derived from it
+
+
+def test_ui_helper_events_are_private():
+    dependencies = app.build_demo(app.Settings()).config["dependencies"]
+    public = {d["api_name"] for d in dependencies if d["api_visibility"] != "private"}
+    assert public == {"lipsync", "evaluate"}
 
 
 def test_lipsync_video(client):
@@ -203,22 +231,13 @@ def test_check_input_limits():
         app.check_input(CLIP, app.Settings(max_mb=0.001), "face video")
 
 
-def test_parse_numbers():
-    assert app.parse_numbers("", 4, "box") is None
-    assert app.parse_numbers(" 1, 2 3  4", 4, "box") == (1, 2, 3, 4)
-    with pytest.raises(InputError, match="box needs 4 numbers"):
-        app.parse_numbers("1 2 3", 4, "box")
-    with pytest.raises(InputError):
-        app.parse_numbers("a b", 2, "point")
-
-
 def test_handlers_refuse_missing_inputs():
     with pytest.raises(app.gr.Error, match="face"):
-        app.lipsync(audio=str(SPEECH))
+        app.run_lipsync(audio=str(SPEECH))
     with pytest.raises(app.gr.Error, match="speech"):
-        app.lipsync(face_video=str(CLIP))
+        app.run_lipsync(face_video=str(CLIP))
     with pytest.raises(app.gr.Error, match="video"):
-        app.evaluate()
+        app.run_evaluate()
     assert app.keep_one_face(None) is not None  # gr.skip(): leave the other input alone
     assert app.keep_one_face("x.mp4") is None
 

@@ -38,6 +38,7 @@ def test_lip_sync_in_the_browser(page):
     page.locator("#audio input[type=file]").set_input_files(str(SPEECH))
     page.locator("#advanced").get_by_text("Advanced", exact=True).click()
     page.locator("#box textarea, #box input").first.fill(FACE_BOX)
+    page.locator("#scoring-options").get_by_text("Scoring options", exact=True).click()
     page.locator("#score-mode").get_by_label("whole-frame").check()
     # the uploads finish before the button is pressed
     page.wait_for_selector("#face-video video", timeout=60_000)
