@@ -1,8 +1,9 @@
-"""Packaging: pyproject.toml's commands and dependencies, and requirements.txt that mirrors them.
+"""Packaging: pyproject.toml's commands and dependencies, requirements.txt that mirrors them, and the
+Space's front matter in README.md.
 
-These tests read files and parse source with ``ast``; they import none of the project's modules and
-install nothing, so they take milliseconds. That the commands really run from a fresh install is
-checked by hand (``pip install .`` in a new venv, then ``lipsync --help`` and ``lipsync-score --help``);
+These tests read files and parse source with ``ast``; apart from the weights registry they import none
+of the project's modules, and they install nothing. That the commands really run from a fresh install
+is checked by hand (``pip install .`` in a new venv, then ``lipsync --help`` and ``lipsync-score --help``);
 the modules behind them are imported for real by the ``python -m lipsync`` / ``python -m syncnet`` tests.
 """
 
@@ -15,6 +16,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 try:
     import tomllib
@@ -232,3 +234,47 @@ def test_optional_imports_are_still_imported():
     found = third_party_imports([*LIBRARY_FILES, APP])
     stale = sorted(name for name in OPTIONAL_IMPORTS if name not in found)
     assert not stale, f"OPTIONAL_IMPORTS names modules nothing imports any more: {stale}"
+
+
+def front_matter() -> dict:
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    match = re.match(r"---\n(.*?)\n---\n", text, re.DOTALL)
+    assert match, "README.md must open with the Space's YAML front matter between two --- lines"
+    return yaml.safe_load(match.group(1))
+
+
+def test_front_matter_preloads_exactly_the_registry_checkpoints():
+    """Each item is "repo file,file[ revision]" (the Spaces config reference); a file preloaded at another
+    revision than the registry's, or one the app does not use, would be downloaded for nothing."""
+    from lipsync.weights import REGISTRY
+
+    preloaded: dict[tuple[str, str], str] = {}
+    for item in front_matter()["preload_from_hub"]:
+        fields = item.split()
+        assert len(fields) in (2, 3), (
+            f"preload_from_hub item {item!r}: write 'repo file,file' (and a revision if pinned); a repo alone "
+            "preloads every file in it")
+        repo, files = fields[:2]
+        revision = fields[2] if len(fields) == 3 else "main"
+        for name in files.split(","):
+            assert (repo, name) not in preloaded, f"preload_from_hub names {repo} {name} twice"
+            preloaded[repo, name] = revision
+    wanted = {(spec.repo_id, spec.filename): spec.revision for spec in REGISTRY.values()}
+    assert preloaded == wanted, (
+        "preload_from_hub must list lipsync.weights.REGISTRY's files, at its revisions:\n"
+        f"  missing: {sorted(wanted.items() - preloaded.items())}\n"
+        f"  not in the registry: {sorted(preloaded.items() - wanted.items())}")
+
+
+def test_front_matter_models_cover_the_registry_repos():
+    from lipsync.weights import REGISTRY
+
+    missing = sorted({spec.repo_id for spec in REGISTRY.values()} - set(front_matter()["models"]))
+    assert not missing, f"models: in README.md's front matter lacks the weights' Hub repos {missing}"
+
+
+def test_front_matter_suggests_a_hub_hardware_flavor():
+    from huggingface_hub import SpaceHardware
+
+    flavor = front_matter()["suggested_hardware"]
+    assert flavor in {h.value for h in SpaceHardware}, f"suggested_hardware {flavor!r} is not a Hub hardware flavor"
