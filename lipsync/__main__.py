@@ -12,8 +12,14 @@ from lipsync.errors import LipSyncError
 from lipsync.options import LipSyncOptions
 
 
+def _prog(package: str) -> str:
+    """The command as the user typed it: ``lipsync``/``lipsync-score``, or ``python -m {package}``."""
+    name = Path(sys.argv[0]).name
+    return f"python -m {package}" if name in ("__main__.py", "-c", "") else name
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m lipsync", description=(
+    p = argparse.ArgumentParser(prog=_prog("lipsync"), description=(
         "Lip-sync a face video or photo to a speech track with Wav2Lip. The output container follows the "
         "extension: .mp4 (H.264 + AAC, plays everywhere) or .mkv (lossless FFV1 + FLAC)."))
     p.add_argument("face", type=Path, help="video (mp4, mov, mkv, webm, avi) or image (jpg, png, webp) of a face")

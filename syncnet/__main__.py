@@ -17,8 +17,14 @@ if TYPE_CHECKING:
     from syncnet.evaluate import VideoResult
 
 
+def _prog(package: str) -> str:
+    """The command as the user typed it: ``lipsync``/``lipsync-score``, or ``python -m {package}``."""
+    name = Path(sys.argv[0]).name
+    return f"python -m {package}" if name in ("__main__.py", "-c", "") else name
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m syncnet", description=(
+    p = argparse.ArgumentParser(prog=_prog("syncnet"), description=(
         "Score lip sync with SyncNet as syncnet_python does: LSE-D (lower is better), LSE-C (higher is "
         "better) and the audio-video offset in frames at 25 fps (positive: the audio leads)."))
     p.add_argument("videos", type=Path, nargs="+", metavar="VIDEO", help="video files with speech")
