@@ -290,6 +290,8 @@ def add_common_arguments(parser: argparse.ArgumentParser, what: str) -> None:
     parser.add_argument("--repeat", type=int, default=1, help="runs of each setting (default 1)")
     parser.add_argument("--timeout", type=float, default=None, help="seconds allowed per run")
     parser.add_argument("--progress", action="store_true", help=f"show the {what}'s progress bars")
+    parser.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default=None,
+                        help="the options' precision (default: the options' own default)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--result", help=argparse.SUPPRESS)
 
@@ -313,7 +315,8 @@ def run_all(module: str, args: argparse.Namespace, modes: Sequence[str], extra_s
                 wait_for_quiet(args.wait_quiet)
             print(f"running {label} ...", file=sys.stderr, flush=True)
             spec = {"seconds": seconds, "clip": str(clip), "boxes": str(boxes), "weights": str(weights),
-                    "mode": mode, "plant": not args.no_plant, "progress": args.progress, **extra_spec}
+                    "mode": mode, "plant": not args.no_plant, "progress": args.progress,
+                    "precision": args.precision, **extra_spec}
             run = run_child(module, spec, timeout=args.timeout)
             runs.append((label, run))
             print(f"  {label}: {json.dumps(run.result)[:300]}", file=sys.stderr, flush=True)

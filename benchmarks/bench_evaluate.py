@@ -48,6 +48,7 @@ def child(spec: dict, result_path: str) -> None:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     import torch
 
+    from lipsync import precision
     from syncnet.evaluate import EvalOptions, SyncNetEvaluator
 
     planted: PlantedDetector | None = None
@@ -55,16 +56,18 @@ def child(spec: dict, result_path: str) -> None:
     class Evaluator(SyncNetEvaluator):
         """The evaluator, with the planted detector in place of the real one once it is set."""
 
-        @property
-        def detector(self):
-            return planted if planted is not None else SyncNetEvaluator.detector.fget(self)
+        def detector_for(self, dtype):
+            return planted if planted is not None else super().detector_for(dtype)
 
-    options = {"reference": EvalOptions(), "fast": EvalOptions(detect_every=spec["fast_every"]),
-               "fast-direct": EvalOptions(detect_every=spec["fast_every"], jpeg_roundtrip=False)}[spec["mode"]]
+    chosen = {"precision": spec["precision"]} if spec.get("precision") else {}
+    options = {"reference": EvalOptions(**chosen), "fast": EvalOptions(detect_every=spec["fast_every"], **chosen),
+               "fast-direct": EvalOptions(detect_every=spec["fast_every"], jpeg_roundtrip=False, **chosen)
+               }[spec["mode"]]
     start = time.perf_counter()
     evaluator = Evaluator(weights_dir=spec["weights"], device="cpu")
-    evaluator.syncnet  # noqa: B018 - load now, outside the timed run
-    real = evaluator.detector
+    dtype = precision.resolve(options.precision, evaluator.device)
+    evaluator.syncnet_for(dtype)  # load now, outside the timed run
+    real = evaluator.detector_for(dtype)
     if spec["plant"]:
         planted = PlantedDetector(real, np.load(spec["boxes"]))
     load_s = time.perf_counter() - start

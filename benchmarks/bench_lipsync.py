@@ -56,18 +56,20 @@ def child(spec: dict, result_path: str) -> None:
     clip, boxes = Path(spec["clip"]), np.load(spec["boxes"])
     start = time.perf_counter()
     engine = LipSync(weights_dir=spec["weights"], device="cpu")
+    chosen = {"precision": spec["precision"]} if spec.get("precision") else {}
     if spec["mode"] == "box":
         x1, y1, x2, y2 = (int(round(v)) for v in boxes[0])
-        options = LipSyncOptions(box=(y1, y2, x1, x2), cache_detections=False)
+        options = LipSyncOptions(box=(y1, y2, x1, x2), cache_detections=False, **chosen)
     else:
-        options = LipSyncOptions(detection=spec["mode"], cache_detections=False)
-    engine.generator(options.checkpoint)
+        options = LipSyncOptions(detection=spec["mode"], cache_detections=False, **chosen)
+    dtype = engine.dtype(options)
+    engine.generator(options.checkpoint, dtype)
     planted = None
     if spec["mode"] != "box":
-        real = engine.detector()
+        real = engine.detector(dtype)
         if spec["plant"]:
             planted = PlantedDetector(real, boxes)
-            engine.detector = lambda: planted  # the instance attribute shadows the method
+            engine.detector = lambda *_: planted  # the instance attribute shadows the method
     load_s = time.perf_counter() - start
     rss_loaded = peak_rss_mb()
 
@@ -83,7 +85,7 @@ def child(spec: dict, result_path: str) -> None:
         "rss_after_load_mb": rss_loaded, "no_face_frames": sum(b - a + 1 for a, b in result.no_face_ranges),
         "output": {"width": info.width, "height": info.height, "n_frames": info.n_frames,
                    "duration": info.duration, "has_audio": info.has_audio},
-        "threads": torch.get_num_threads(),
+        "threads": torch.get_num_threads(), "dtype": str(dtype),
     }
     if planted is not None:
         figures.update(planted.stats())

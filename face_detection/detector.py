@@ -59,12 +59,14 @@ class FaceDetector:
     ``state_dict``: the checkpoint's tensors (``s3fd.pth`` for ``"s3fd"``, ``sfd_face.pth`` for
     ``"sfd_face"``), already loaded, without any ``module.`` prefix. ``winograd``: on CPU, the output
     block size m of the Winograd F(m x m, 3x3) convolutions used for the wide layers (see
-    :mod:`face_detection.winograd`; 4 is fastest, 2 takes less memory), or None (default) for direct ones.
+    :mod:`face_detection.winograd`; 4 is fastest, 2 takes less memory), or None (default) for direct ones;
+    float32 only. ``dtype``: what the network computes in (float32 as published; bfloat16/float16 are
+    faster where the hardware has them); frames go in as uint8 and boxes come out as float32 either way.
     """
 
     def __init__(self, state_dict: Mapping[str, torch.Tensor], *, variant: Variant = "s3fd",
                  device: str | torch.device = "cpu", batch_size: int = DEFAULT_BATCH_SIZE,
-                 winograd: int | None = None) -> None:
+                 winograd: int | None = None, dtype: torch.dtype = torch.float32) -> None:
         if variant not in MEAN_RGB:
             raise ValueError(f"unknown detector variant '{variant}'; available: {', '.join(MEAN_RGB)}")
         if batch_size < 1:
@@ -74,15 +76,17 @@ class FaceDetector:
         net.load_state_dict(state_dict, strict=True)
         self.variant: Variant = variant
         self.device = torch.device(device)
-        net = net.eval().to(self.device)
+        net = net.eval().to(self.device, dtype)
         if self.device.type == "cpu":
             # oneDNN's CPU convolutions run fastest with channels-last activations and weights, and
-            # the wide 3x3 layers faster still as Winograd convolutions (same result to ~5e-6)
+            # the wide 3x3 layers faster still as Winograd convolutions (same result to ~5e-6 in
+            # float32; the kernel transforms would cost 16-bit formats far more than that)
             net = net.to(memory_format=torch.channels_last)
-            if winograd:
+            if winograd and dtype == torch.float32:
                 use_winograd(net, block=winograd)
         self.net = net
         self.batch_size = batch_size
+        self.dtype = dtype
         self._mean = torch.tensor(MEAN_RGB[variant], dtype=torch.float32, device=self.device)
 
     def detect(self, frames: Sequence[np.ndarray] | np.ndarray, *, scale: float = 1.0,
@@ -125,7 +129,7 @@ class FaceDetector:
     def _detect_batch(self, frames: Sequence[np.ndarray] | np.ndarray, frame_hw: tuple[int, int]) -> list[np.ndarray]:
         batch = torch.from_numpy(np.ascontiguousarray(frames if isinstance(frames, np.ndarray) else np.stack(frames)))
         # uint8 travels to the device; BGR->RGB, float, mean; NHWC permuted to NCHW (channels-last strides)
-        x = (batch.to(self.device).flip(-1).float() - self._mean).permute(0, 3, 1, 2)
+        x = (batch.to(self.device).flip(-1).float() - self._mean).permute(0, 3, 1, 2).to(self.dtype)
         height, width = frame_hw
         net_h, net_w = x.shape[2:]
         if self.variant == "s3fd":

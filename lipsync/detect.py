@@ -27,7 +27,8 @@ Detections = dict[int, np.ndarray]
 
 
 def load_detector(name_or_path: str | os.PathLike, variant: Variant, *, device: str | torch.device = "cpu",
-                  weights_dir: str | os.PathLike | None = None, winograd: int | None = None) -> FaceDetector:
+                  weights_dir: str | os.PathLike | None = None, winograd: int | None = None,
+                  dtype: torch.dtype = torch.float32) -> FaceDetector:
     """An S3FD detector from a registry name or file (``s3fd`` for lip sync, ``sfd_face`` for scoring).
 
     ``winograd`` (see FaceDetector) is off by default: the lip-sync fast preset detects on one
@@ -36,7 +37,8 @@ def load_detector(name_or_path: str | os.PathLike, variant: Variant, *, device: 
     """
     path = weights.resolve(name_or_path, weights_dir=weights_dir)
     try:
-        return FaceDetector(weights.load_state_dict(path), variant=variant, device=device, winograd=winograd)
+        return FaceDetector(weights.load_state_dict(path), variant=variant, device=device, winograd=winograd,
+                            dtype=dtype)
     except ValueError as exc:  # face_detection reports a checkpoint that does not fit the net this way
         raise WeightsError(f"{path.name}: {exc}") from exc
 

@@ -144,14 +144,15 @@ class Wav2Lip(nn.Module):
 
 
 def load_wav2lip(name_or_path: str | os.PathLike = "wav2lip_gan", *, device: str | torch.device = "cpu",
-                 weights_dir: str | os.PathLike | None = None) -> Wav2Lip:
+                 weights_dir: str | os.PathLike | None = None, dtype: torch.dtype = torch.float32) -> Wav2Lip:
     """Build Wav2Lip, load a checkpoint (key/shape checked; WeightsError names the first mismatch).
 
-    Returned in eval mode and channels_last memory format, which lets oneDNN/cuDNN pick faster kernels.
+    Returned in eval mode and channels_last memory format, which lets oneDNN/cuDNN pick faster kernels,
+    computing in ``dtype`` (see :mod:`lipsync.precision`).
     """
     model = Wav2Lip()
     weights.load_model(model, name_or_path, label="Wav2Lip", weights_dir=weights_dir)
-    return model.to(device=device, memory_format=torch.channels_last).eval()
+    return model.to(device=device, dtype=dtype, memory_format=torch.channels_last).eval()
 
 
 def _faces_nhwc(crops_bgr_u8: np.ndarray) -> np.ndarray:
@@ -189,6 +190,8 @@ def _uses_channels_last(model: nn.Module) -> bool:
 def generate(model: Wav2Lip, mels: np.ndarray, crops: np.ndarray, *, batch_size: int | None = None) -> np.ndarray:
     """Run the generator: mels (B,80,16) float32, crops (B,96,96,3) BGR uint8 -> (B,96,96,3) uint8.
 
+    The network computes in the dtype of its weights (inputs are cast to it, the output back to float32).
+
     Works through the inputs ``batch_size`` at a time (default: all); on torch.OutOfMemoryError the
     batch is halved and the failed part retried, down to one face.
     """
@@ -200,12 +203,12 @@ def generate(model: Wav2Lip, mels: np.ndarray, crops: np.ndarray, *, batch_size:
     if total == 0:
         return out
     param = next(model.parameters())
-    device, channels_last = param.device, _uses_channels_last(model)
+    device, dtype, channels_last = param.device, param.dtype, _uses_channels_last(model)
 
     def run(start: int, stop: int) -> None:
-        audio = torch.from_numpy(mels[start:stop, None]).to(device)  # (b, 1, 80, 16)
+        audio = torch.from_numpy(mels[start:stop, None]).to(device, dtype)  # (b, 1, 80, 16)
         # permuting an NHWC array gives a channels_last tensor without a copy
-        face = torch.from_numpy(_faces_nhwc(crops[start:stop])).permute(0, 3, 1, 2).to(device)
+        face = torch.from_numpy(_faces_nhwc(crops[start:stop])).permute(0, 3, 1, 2).to(device, dtype)
         if not channels_last:
             face = face.contiguous()
         out[start:stop] = to_u8(model(audio, face))

@@ -13,6 +13,7 @@ from typing import Literal
 from face_detection.boxes import WAV2LIP_PADS
 from lipsync.errors import InputError
 from lipsync.optspec import check_bounds, option
+from lipsync.precision import Precision
 
 Sides = tuple[int, int, int, int]  # (top, bottom, left, right), as inference.py's --box/--crop/--pads
 SIDES = ("top", "bottom", "left", "right")
@@ -67,6 +68,10 @@ class LipSyncOptions:
     blend: Literal["none", "feather"] = option(
         "none", "How the mouth is pasted: none (the original hard paste, used for the published scores) or "
         "feather (soft edges).", "Blend", group="look")
+    precision: Precision = option(
+        "auto", "Number format of the networks: fp32 runs the published models exactly; bf16/fp16 are faster "
+        "where the hardware has them; auto picks fp16 on a GPU, bf16 on a CPU with native bf16, else fp32.",
+        "Precision", group="model")
     detection: Literal["fast", "original"] = option(
         "fast", "fast: detect on shrunk key frames and interpolate; original: every frame at full size, "
         "as inference.py (slow).", "Face detection", group="model")

@@ -29,7 +29,7 @@ import torch
 from tqdm.auto import tqdm
 
 from face_detection.detector import FaceDetector
-from lipsync import detcache, detect, faces, weights
+from lipsync import detcache, detect, faces, precision, weights
 from lipsync.audio import SAMPLE_RATE, mel_chunks, melspectrogram
 from lipsync.compose import paste
 from lipsync.errors import InputError, NoFaceError
@@ -248,23 +248,27 @@ class LipSync:
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         if self.device == "cpu":
             log.warning("running on the CPU: expect about 20 frames/s for the generator on 2 cores")
-        self._generators: dict[str, torch.nn.Module] = {}
-        self._detector: FaceDetector | None = None
+        self._generators: dict[tuple[str, torch.dtype], torch.nn.Module] = {}
+        self._detectors: dict[torch.dtype, FaceDetector] = {}
         self._lock = threading.Lock()
 
-    def generator(self, checkpoint: str) -> torch.nn.Module:
-        with self._lock:
-            if checkpoint not in self._generators:
-                self._generators[checkpoint] = load_wav2lip(checkpoint, device=self.device,
-                                                            weights_dir=self.weights_dir)
-            return self._generators[checkpoint]
+    def dtype(self, options: LipSyncOptions) -> torch.dtype:
+        """What the networks compute in for these options on this engine's device (lipsync.precision)."""
+        return precision.resolve(options.precision, self.device)
 
-    def detector(self) -> FaceDetector:
+    def generator(self, checkpoint: str, dtype: torch.dtype = torch.float32) -> torch.nn.Module:
         with self._lock:
-            if self._detector is None:
-                self._detector = detect.load_detector("s3fd", "s3fd", device=self.device,
-                                                      weights_dir=self.weights_dir)
-            return self._detector
+            if (checkpoint, dtype) not in self._generators:
+                self._generators[checkpoint, dtype] = load_wav2lip(checkpoint, device=self.device, dtype=dtype,
+                                                                   weights_dir=self.weights_dir)
+            return self._generators[checkpoint, dtype]
+
+    def detector(self, dtype: torch.dtype = torch.float32) -> FaceDetector:
+        with self._lock:
+            if dtype not in self._detectors:
+                self._detectors[dtype] = detect.load_detector("s3fd", "s3fd", device=self.device, dtype=dtype,
+                                                              weights_dir=self.weights_dir)
+            return self._detectors[dtype]
 
     def run(self, face: str | os.PathLike, audio: str | os.PathLike, output: str | os.PathLike,
             options: LipSyncOptions | None = None) -> LipSyncResult:
@@ -301,7 +305,8 @@ class LipSync:
         dets = detcache.load(key) if key else None
         if dets is None:
             with watch("detect"):
-                dets = detect.detect_faces(self.detector(), frames.frames(n_frames), n_frames, options)
+                detector = self.detector(self.dtype(options))
+                dets = detect.detect_faces(detector, frames.frames(n_frames), n_frames, options)
             if key:
                 detcache.save(key, dets)
         else:
@@ -310,13 +315,14 @@ class LipSync:
 
     def _cache_key(self, frames: FaceFrames, n_frames: int) -> str:
         settings = {name: getattr(frames.options, name) for name in DETECTION_SETTINGS}
-        settings.update(n_frames=n_frames, detector=file_sha256(weights.resolve("s3fd", weights_dir=self.weights_dir)))
+        settings.update(n_frames=n_frames, dtype=str(self.dtype(frames.options)),
+                        detector=file_sha256(weights.resolve("s3fd", weights_dir=self.weights_dir)))
         return content_key(frames.video.path, settings)
 
     # -- stage 2: render ------------------------------------------------------------------------------
     def render(self, plan: Plan, output: Path) -> LipSyncResult:
         """Generate, paste and encode every output frame; the partial file is removed on failure."""
-        model = self.generator(plan.options.checkpoint)
+        model = self.generator(plan.options.checkpoint, self.dtype(plan.options))
         face, watch = plan.face, plan.watch
         no_face = np.zeros(plan.n_out, bool)
         per_batch = max(1, min(plan.options.wav2lip_batch_size, FRAME_BUFFER_BYTES // (face.height * face.width * 3)))

@@ -21,14 +21,15 @@ from syncnet.score import audio_windows, lip_windows
 
 @torch.inference_mode()
 def forward(fn: Callable[[torch.Tensor], torch.Tensor], batch: torch.Tensor, device: torch.device,
-            batch_size: int | None = None) -> torch.Tensor:
-    """``fn`` over ``batch`` in pieces of ``batch_size`` (default: all at once) -> (n, 1024) CPU float32."""
+            batch_size: int | None = None, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """``fn`` over ``batch`` (cast to ``dtype``) in pieces of ``batch_size`` (default: all at once)
+    -> (n, 1024) CPU float32."""
     if len(batch) == 0:
         return torch.zeros(0, EMBED_DIM)
     parts: list[torch.Tensor] = []
 
     def run(start: int, stop: int) -> None:
-        parts.append(fn(batch[start:stop].to(device)).float().cpu())
+        parts.append(fn(batch[start:stop].to(device, dtype)).float().cpu())
 
     in_batches(run, len(batch), batch_size or len(batch), what="SyncNet", device=device)
     return torch.cat(parts)
@@ -39,7 +40,7 @@ def audio_embeddings(model: FusedSyncNet, audio: np.ndarray, n_windows: int, dev
     """(n_windows, 1024) audio embeddings of int16 16 kHz ``audio``, window v = MFCC columns 4v..4v+19."""
     mfcc_t = mfcc(audio).T  # (13, T)
     windows = torch.from_numpy(audio_windows(mfcc_t, 0, n_windows))  # (n, 1, 13, 20), 1 KB each
-    return forward(model.forward_aud, windows, device, batch_size)
+    return forward(model.forward_aud, windows, device, batch_size, dtype=_dtype(model))
 
 
 class LipWindows:
@@ -81,6 +82,13 @@ class LipWindows:
 
     def _run(self, n: int) -> None:
         windows = lip_windows(np.stack(self.buffer[:n + WINDOW_FRAMES - 1]), n)
-        self.feats.append(forward(self.model.forward_lip, windows, self.device))
+        self.feats.append(forward(self.model.forward_lip, windows, self.device, dtype=_dtype(self.model)))
         del self.buffer[:n]
         self.done += n
+
+
+def _dtype(model: FusedSyncNet) -> torch.dtype:
+    """What ``model`` computes in (float32 for a stand-in without parameters, as tests plant)."""
+    parameters = getattr(model, "parameters", None)
+    param = next(parameters(), None) if parameters is not None else None
+    return param.dtype if param is not None else torch.float32

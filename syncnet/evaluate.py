@@ -41,6 +41,7 @@ from tqdm.auto import tqdm
 from face_detection.detector import FaceDetector
 from face_detection.tracking import Track
 from face_detection.winograd import DEFAULT_BLOCK
+from lipsync import precision
 from lipsync.detect import load_detector
 from lipsync.errors import InputError
 from lipsync.media import MediaInfo, VideoSource, load_audio
@@ -162,26 +163,35 @@ class SyncNetEvaluator:
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self._syncnet_name = syncnet
         self._detector_name = detector
-        self._syncnet: FusedSyncNet | None = None
-        self._detector: FaceDetector | None = None
+        self.syncnets: dict[torch.dtype, FusedSyncNet] = {}  # loaded on first use, per number format
+        self.detectors: dict[torch.dtype, FaceDetector] = {}
         self._lock = threading.Lock()
+
+    def syncnet_for(self, dtype: torch.dtype = torch.float32) -> FusedSyncNet:
+        with self._lock:
+            if dtype not in self.syncnets:
+                model = load_syncnet(self._syncnet_name, device=self.device, weights_dir=self.weights_dir)
+                self.syncnets[dtype] = FusedSyncNet(model).to(dtype)
+            return self.syncnets[dtype]
+
+    def detector_for(self, dtype: torch.dtype = torch.float32) -> FaceDetector:
+        with self._lock:
+            if dtype not in self.detectors:
+                # every frame is detected here, so the Winograd kernels' memory is worth their speed
+                self.detectors[dtype] = load_detector(self._detector_name, "sfd_face", device=self.device,
+                                                      weights_dir=self.weights_dir, winograd=DEFAULT_BLOCK,
+                                                      dtype=dtype)
+            return self.detectors[dtype]
 
     @property
     def syncnet(self) -> FusedSyncNet:
-        with self._lock:
-            if self._syncnet is None:
-                model = load_syncnet(self._syncnet_name, device=self.device, weights_dir=self.weights_dir)
-                self._syncnet = FusedSyncNet(model)
-            return self._syncnet
+        """The float32 SyncNet (as published)."""
+        return self.syncnet_for(torch.float32)
 
     @property
     def detector(self) -> FaceDetector:
-        with self._lock:
-            if self._detector is None:
-                # every frame is detected here, so the Winograd kernels' memory is worth their speed
-                self._detector = load_detector(self._detector_name, "sfd_face", device=self.device,
-                                               weights_dir=self.weights_dir, winograd=DEFAULT_BLOCK)
-            return self._detector
+        """The float32 face detector (as published)."""
+        return self.detector_for(torch.float32)
 
     def evaluate(self, path: str | os.PathLike, options: EvalOptions | None = None, *,
                  progress: bool = True) -> VideoResult:
@@ -195,6 +205,7 @@ class _Scoring:
     def __init__(self, evaluator: SyncNetEvaluator, path: Path, options: EvalOptions, progress: bool) -> None:
         self.evaluator, self.options, self.progress = evaluator, options, progress
         self.start = time.perf_counter()
+        self.dtype = precision.resolve(options.precision, evaluator.device)
         self.video = VideoSource(path)
         self.info = self.video.info
         self.name = path.name
@@ -244,7 +255,7 @@ class _Scoring:
 
     def lip_windows(self, limit: int) -> LipWindows:
         ev = self.evaluator
-        return LipWindows(ev.syncnet, ev.device, self.options.batch_size, limit)
+        return LipWindows(ev.syncnet_for(self.dtype), ev.device, self.options.batch_size, limit)
 
     # -- whole-frame mode ----------------------------------------------------------------------------
     def score_whole_frames(self, audio: np.ndarray) -> tuple[list[TrackResult], int]:
@@ -270,7 +281,8 @@ class _Scoring:
     # -- track mode ----------------------------------------------------------------------------------
     def score_tracks(self, audio: np.ndarray) -> tuple[list[TrackResult], int]:
         tic = time.perf_counter()
-        dets, scene_scores = detect_pass(self.video.frames(fps=VIDEO_FPS), self.evaluator.detector, self.options,
+        detector = self.evaluator.detector_for(self.dtype)
+        dets, scene_scores = detect_pass(self.video.frames(fps=VIDEO_FPS), detector, self.options,
                                          total=_expected_frames(self.info), progress=self.progress)
         n_frames = len(dets)
         _check_length(self.name, n_frames)
@@ -317,7 +329,7 @@ class _Scoring:
     def score(self, lip_feat: torch.Tensor, audio: np.ndarray, first: int, last: int) -> TrackResult:
         """Audio embeddings for the same windows, then distances and scores."""
         ev, options = self.evaluator, self.options
-        aud_feat = audio_embeddings(ev.syncnet, audio, len(lip_feat), ev.device, options.batch_size)
+        aud_feat = audio_embeddings(ev.syncnet_for(self.dtype), audio, len(lip_feat), ev.device, options.batch_size)
         score = score_features(lip_feat, aud_feat, options.vshift)
         return TrackResult(first_frame=first, last_frame=last, n_windows=len(lip_feat), lse_d=score.min_dist,
                            lse_c=score.conf, offset=score.offset, confidence=score.fconfm, distances=score.mdist)

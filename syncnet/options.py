@@ -12,6 +12,7 @@ from typing import Literal
 
 from face_detection.tracking import MAX_MISSED_FRAMES, MIN_FACE_SIZE, MIN_TRACK_DETECTIONS
 from lipsync.optspec import check_bounds, option
+from lipsync.precision import Precision
 from syncnet.constants import WINDOW_FRAMES
 from syncnet.crops import CROP_SCALE
 
@@ -56,6 +57,10 @@ class EvalOptions:
                                "0.4).", "Crop scale", minimum=0, maximum=2, group="more", advanced=True)
     vshift: int = option(VSHIFT, "Largest audio-video offset tried, in frames either way.", "Offsets tried (±frames)",
                          minimum=1, maximum=100, group="more", advanced=True)
+    precision: Precision = option(
+        "fp32", "Number format of the networks: fp32 (default) gives numbers comparable with syncnet_python's; "
+        "auto runs bf16/fp16 where the hardware has them (faster; moves the scores slightly, see the README).",
+        "Precision", group="more", advanced=True)
     batch_size: int = option(SYNCNET_BATCH, "SyncNet windows per forward pass.", "SyncNet batch", minimum=1,
                              maximum=1024, group="batch", advanced=True)
     detect_batch_size: int = option(DETECT_BATCH, "Frames per face-detector batch.", "Detector batch", minimum=1,

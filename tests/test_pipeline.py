@@ -49,7 +49,7 @@ def engine(weights_dir):
 @pytest.fixture
 def planted(engine, monkeypatch):
     fake = CanvasDetector()
-    monkeypatch.setattr(engine, "detector", lambda: fake)
+    monkeypatch.setattr(engine, "detector", lambda *_: fake)
     return fake
 
 

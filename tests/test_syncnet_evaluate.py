@@ -93,8 +93,8 @@ class FixedBoxDetector:
 
 def planted_evaluator(first_face: int = 0) -> SyncNetEvaluator:
     ev = SyncNetEvaluator(device="cpu")
-    ev._syncnet = BrightnessNet()  # type: ignore[assignment]
-    ev._detector = FixedBoxDetector(first_face)  # type: ignore[assignment]
+    ev.syncnets[torch.float32] = BrightnessNet()  # type: ignore[assignment]
+    ev.detectors[torch.float32] = FixedBoxDetector(first_face)  # type: ignore[assignment]
     return ev
 
 
@@ -158,7 +158,7 @@ def test_detect_every_interpolates_boxes(tmp_path: Path):
     clip = planted_clip(tmp_path / "planted.mkv", 75, -1)
     ev = planted_evaluator()
     result = ev.evaluate(clip, EvalOptions(min_track=40, detect_every=5), progress=False)
-    assert ev._detector.seen == 16  # type: ignore[union-attr]  # frames 0, 5, ..., 70 and the last, 74
+    assert ev.detector.seen == 16  # type: ignore[union-attr]  # frames 0, 5, ..., 70 and the last, 74
     assert result.tracks[0].offset == 1
     # the track reaches the last frame, as with detection on every frame
     assert (result.tracks[0].first_frame, result.tracks[0].last_frame) == (0, 74)
