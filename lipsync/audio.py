@@ -1,19 +1,21 @@
 """Wav2Lip's mel spectrogram and the per-video-frame mel chunks the generator consumes.
 
 Mirrors the original ``audio.py``/``hparams.py`` as run with librosa 0.7 (the version it was
-trained with): reflect-padded STFT stored as complex64, slaney mel filterbank, dB scaling and a
-symmetric [-4, 4] normalisation. Newer librosa changed two defaults (see the comments below), so
-both are passed explicitly. Pure functions over arrays: loading/resampling audio is ``media``'s job.
+trained with): pre-emphasis, a reflect-padded STFT with a periodic Hann window stored as complex64,
+a slaney mel filterbank, dB scaling and a symmetric [-4, 4] normalisation. The STFT and the
+filterbank are computed here with numpy, in the same order of operations as librosa, so the result
+is bit-identical (tests/test_audio.py compares them with librosa itself); librosa's first call in
+a process cost about 2 s of imports and compilation, this module's about a millisecond. Pure
+functions over arrays: loading/resampling audio is ``media``'s job.
 """
 
 from __future__ import annotations
 
 import functools
+import math
 from fractions import Fraction
 
-import librosa
 import numpy as np
-import scipy.signal
 
 from lipsync.errors import InputError
 
@@ -38,15 +40,73 @@ MEL_STEP = 16  # columns per generator input: 16 / 80 = 0.2 s of audio around ea
 MIN_SAMPLES = (MEL_STEP - 1) * HOP  # 3000 samples = 0.1875 s
 
 
+# Slaney's mel scale (librosa's htk=False): linear below 1 kHz at 3 mel per 200 Hz, logarithmic above,
+# 27 mel per factor 6.4 in frequency.
+MEL_LINEAR_HZ = 200.0 / 3  # Hz per mel below the break
+MEL_BREAK_HZ = 1000.0
+MEL_BREAK = MEL_BREAK_HZ / MEL_LINEAR_HZ  # 15 mel
+MEL_LOG_STEP = math.log(6.4) / 27.0  # natural-log frequency per mel above the break
+
+
+def hz_to_mel(hz: np.ndarray | float) -> np.ndarray:
+    hz = np.asarray(hz, dtype=np.float64)
+    mel = hz / MEL_LINEAR_HZ
+    above = hz >= MEL_BREAK_HZ
+    return np.where(above, MEL_BREAK + np.log(np.where(above, hz, MEL_BREAK_HZ) / MEL_BREAK_HZ) / MEL_LOG_STEP, mel)
+
+
+def mel_to_hz(mel: np.ndarray) -> np.ndarray:
+    mel = np.asarray(mel, dtype=np.float64)
+    hz = MEL_LINEAR_HZ * mel
+    above = mel >= MEL_BREAK
+    return np.where(above, MEL_BREAK_HZ * np.exp(MEL_LOG_STEP * (mel - MEL_BREAK)), hz)
+
+
 @functools.lru_cache(maxsize=1)
 def mel_basis() -> np.ndarray:
-    """Slaney-style mel filterbank (NUM_MELS, 1 + N_FFT // 2) float32, built once."""
-    # librosa >= 0.10 made these arguments keyword-only; htk=False / norm="slaney" are the defaults
-    # the original relied on, spelled out so a future default change cannot alter the result.
-    basis = librosa.filters.mel(sr=SAMPLE_RATE, n_fft=N_FFT, n_mels=NUM_MELS, fmin=FMIN, fmax=FMAX,
-                                htk=False, norm="slaney").astype(np.float32)
+    """Slaney-normalised triangular mel filterbank (NUM_MELS, 1 + N_FFT // 2) float32, built once.
+
+    NUM_MELS triangles with edges evenly spaced in mel from FMIN to FMAX; each is scaled by 2 / its
+    width in Hz, so every band has about the same area (the original's htk=False, norm="slaney").
+    """
+    bins_hz = np.fft.rfftfreq(N_FFT, 1.0 / SAMPLE_RATE)  # (401,) centre of each FFT bin
+    edges = mel_to_hz(np.linspace(hz_to_mel(FMIN), hz_to_mel(FMAX), NUM_MELS + 2))  # (82,)
+    widths = np.diff(edges)
+    offsets = edges[:, None] - bins_hz[None, :]  # (82, 401): edge minus bin frequency
+    rising = -offsets[:-2] / widths[:-1, None]
+    falling = offsets[2:] / widths[1:, None]
+    triangles = np.maximum(0, np.minimum(rising, falling)).astype(np.float32)
+    basis = (triangles * (2.0 / (edges[2:] - edges[:-2]))[:, None]).astype(np.float32)
     basis.flags.writeable = False  # shared by every caller through the cache
     return basis
+
+
+@functools.lru_cache(maxsize=1)
+def hann_window() -> np.ndarray:
+    """The periodic Hann window of WIN samples (float64): 0.5 + 0.5 cos over WIN + 1 points from -pi
+    to pi, the last one dropped (scipy's get_window("hann", WIN), as librosa uses it)."""
+    phase = np.linspace(-np.pi, np.pi, WIN + 1)
+    window = np.zeros(WIN + 1)
+    window += 0.5 * np.cos(0 * phase)
+    window += 0.5 * np.cos(phase)
+    window = window[:-1]
+    window.flags.writeable = False
+    return window
+
+
+def stft_magnitude(signal: np.ndarray) -> np.ndarray:
+    """|STFT| (1 + N_FFT // 2, 1 + n // HOP) float32 of a float64 signal: frames centred on every HOP-th
+    sample (the signal reflected by N_FFT // 2 at both ends), Hann-windowed, complex64 kept as librosa 0.7."""
+    padded = np.pad(signal, N_FFT // 2, mode="reflect")
+    frames = np.lib.stride_tricks.sliding_window_view(padded, N_FFT)[::HOP]  # (T, N_FFT) view
+    out = np.empty((N_FFT // 2 + 1, len(frames)), np.float32)
+    for start in range(0, len(frames), _STFT_BLOCK):  # bounded temporaries for long audio
+        block = frames[start:start + _STFT_BLOCK] * hann_window()
+        out[:, start:start + _STFT_BLOCK] = np.abs(np.fft.rfft(block, axis=-1).astype(np.complex64)).T
+    return out
+
+
+_STFT_BLOCK = 4096  # STFT frames per block: 51 s of audio, 13 MB of complex128
 
 
 def melspectrogram(wav: np.ndarray) -> np.ndarray:
@@ -64,12 +124,13 @@ def melspectrogram(wav: np.ndarray) -> np.ndarray:
         )
     if not np.isfinite(wav).all():
         raise InputError("the audio contains invalid samples (NaN or infinity); re-encode or replace the audio file")
-    emphasised = scipy.signal.lfilter([1.0, -PREEMPHASIS], [1.0], wav)  # float64, as the original
-    # pad_mode: librosa 0.7 padded with "reflect"; >= 0.9 defaults to "constant", which changes the
-    # first and last two columns by up to 0.71. complex64: what librosa 0.7 returned.
-    spectrum = librosa.stft(y=emphasised, n_fft=N_FFT, hop_length=HOP, win_length=WIN, window="hann",
-                            center=True, pad_mode="reflect").astype(np.complex64)
-    mel = mel_basis() @ np.abs(spectrum)  # float32, (NUM_MELS, frames)
+    # y[n] = x[n] - 0.97 x[n-1] in float64 (the original's scipy.signal.lfilter([1, -0.97], [1], x))
+    x = wav.astype(np.float64)
+    emphasised = x.copy()
+    emphasised[1:] += -PREEMPHASIS * x[:-1]
+    # reflect padding, as librosa 0.7 (>= 0.9 defaults to "constant", which changes the first and
+    # last two columns by up to 0.71)
+    mel = mel_basis() @ stft_magnitude(emphasised)  # float32, (NUM_MELS, frames)
     db = 20.0 * np.log10(np.maximum(MIN_AMPLITUDE, mel.astype(np.float64))) - REF_LEVEL_DB
     normalised = np.clip(2 * MAX_ABS * ((db - MIN_LEVEL_DB) / -MIN_LEVEL_DB) - MAX_ABS, -MAX_ABS, MAX_ABS)
     if np.isnan(normalised).any():  # cannot happen for finite input; guards the generator anyway
