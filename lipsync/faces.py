@@ -133,3 +133,19 @@ def boxes_from_detections(dets: Mapping[int, np.ndarray], n_frames: int, options
         boxes = interpolate_undetected(boxes, dets.keys())
     return finalize_boxes(boxes, pads=options.pads, frame_hw=frame_hw, max_gap=options.max_gap,
                           smooth=not options.nosmooth)
+
+
+def lookahead(options: LipSyncOptions) -> int:
+    """How many frames past frame i the detections must reach before i's box is final.
+
+    ``boxes_from_detections`` looks ahead at most to the next key frame (interpolation, fast preset),
+    past a gap of up to ``max_gap`` frames to its far side (gap bridging), and ``WAV2LIP_SMOOTH_WINDOW``
+    frames for the forward smoothing window, which also depends on where a run of faces ends.
+    """
+    interpolation = options.detect_every if options.detection == "fast" else 0
+    return interpolation + options.max_gap + 1 + WAV2LIP_SMOOTH_WINDOW
+
+
+def settled_boxes(settled: int, n_frames: int, options: LipSyncOptions) -> int:
+    """Frames whose boxes are final once the first ``settled`` of ``n_frames`` frames have their detections."""
+    return n_frames if settled >= n_frames else max(0, settled - lookahead(options))

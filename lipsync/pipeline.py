@@ -47,6 +47,9 @@ FRAME_BUFFER_BYTES = 128 * 1024 * 1024
 # are no faster there, and their activations cost about 10 MB per face (a pass of 128 faces peaked
 # above 2 GB). Eval-mode BatchNorm works per face, so the output does not depend on it.
 CPU_GENERATOR_BATCH = 16
+# The detection pass advances in steps of this many frames past what the render pass needs (each
+# step recomputes the settled boxes from the start, so not frame by frame).
+RENDER_AHEAD = 64
 # Options that change which pixels the detector sees, hence its answers (the detection cache's key).
 DETECTION_SETTINGS = ("detection", "detect_every", "detect_size", "resize_factor", "rotate", "crop")
 
@@ -174,17 +177,72 @@ def load_speech(path: Path, fps: float) -> Speech:
     return Speech(chunks, track, rate)
 
 
+class FaceBoxes:
+    """The face box of every input frame the output shows, final up to ``settled``.
+
+    Detection runs as far ahead of the render pass as the boxes need (``faces.lookahead``), so the
+    first frames are written while the rest of the video is still being detected; a fixed box, or
+    detections from the cache, settle everything at once. ``boxes`` (n, 4) int x1 y1 x2 y2 and
+    ``found`` (n,) bool are filled up to ``settled``.
+    """
+
+    def __init__(self, n_frames: int, options: LipSyncOptions, frame_hw: tuple[int, int], watch: Stopwatch, *,
+                 fixed: np.ndarray | None = None, dets: detect.Detections | None = None,
+                 detection: detect.DetectionPass | None = None, on_detected=None) -> None:
+        self.n_frames, self.options, self.frame_hw, self.watch = n_frames, options, frame_hw, watch
+        self.boxes = np.zeros((n_frames, 4), np.int64)
+        self.found = np.zeros(n_frames, bool)
+        self.settled = 0
+        self._detection, self._on_detected = detection, on_detected
+        if fixed is not None:
+            self.boxes[:], self.found[:], self.settled = fixed, True, n_frames
+        elif dets is not None:
+            self._update(dets, n_frames)
+
+    def settle(self, n: int) -> None:
+        """Make the first ``n`` boxes final (reading ahead a few batches at a time, not frame by frame)."""
+        n = min(n, self.n_frames)
+        if n <= self.settled or self._detection is None:
+            return
+        target = -(-(n + faces.lookahead(self.options)) // RENDER_AHEAD) * RENDER_AHEAD  # whole steps ahead
+        with self.watch("detect"):
+            self._detection.advance(min(self.n_frames, target))
+            detected = self._detection.settled
+        self._update(self._detection.dets, detected)
+        if detected >= self.n_frames and self._on_detected is not None:
+            self._on_detected(self._detection.dets)
+            self._on_detected = None
+
+    def settle_first_face(self) -> bool:
+        """Settle until a face is found (or all frames are settled); whether one was."""
+        while not self.found[:self.settled].any() and self.settled < self.n_frames:
+            self.settle(self.settled + 1)
+        return bool(self.found[:self.settled].any())
+
+    def _update(self, dets: detect.Detections, detected: int) -> None:
+        final = faces.settled_boxes(detected, self.n_frames, self.options)
+        if final > self.settled:
+            part = {i: d for i, d in dets.items() if i < detected}
+            boxes, found = faces.boxes_from_detections(part, detected, self.options, self.frame_hw)
+            self.boxes[self.settled:final] = boxes[self.settled:final]
+            self.found[self.settled:final] = found[self.settled:final]
+            self.settled = final
+
+
 @dataclass
 class Plan:
-    """Everything ``render`` needs, decided before any frame is generated."""
+    """Everything ``render`` needs: the frames, the speech and the face boxes (settled as it goes)."""
 
     face: FaceFrames
     options: LipSyncOptions
     speech: Speech
     n_used: int  # input frames the output shows (1 for a still)
-    boxes: np.ndarray  # (n_used, 4) int x1 y1 x2 y2 per input frame
-    found: np.ndarray  # (n_used,) bool: a face box exists
+    boxes: FaceBoxes
     watch: Stopwatch
+
+    @property
+    def found(self) -> np.ndarray:
+        return self.boxes.found
 
     @property
     def n_out(self) -> int:
@@ -278,44 +336,46 @@ class LipSync:
 
     # -- stage 1: plan --------------------------------------------------------------------------------
     def plan(self, face: Path, audio: Path, options: LipSyncOptions) -> Plan:
-        """Audio, chunks, frames and boxes; raises the user's errors before any generation."""
+        """Audio, chunks, frames and boxes. Raises the user's errors before any frame is generated: a
+        video without any face is detected to its end first, so is every frame in strict mode."""
         watch = Stopwatch()
         frames = FaceFrames(face, options)
         with watch("audio"):
             speech = load_speech(audio, frames.fps)
         n_used = frames.usable(len(speech.chunks))
-        boxes, found = self.face_boxes(frames, n_used, watch)
-        if not found.any():
+        boxes = self.face_boxes(frames, n_used, watch)
+        if not boxes.settle_first_face():
             raise NoFaceError(
                 f"No face found in any of the {n_used} frames of {frames.name}: check that a face is visible, "
                 "try detection 'original' (full resolution), or give a fixed box (top bottom left right)")
-        missing = faces.true_runs(~found)
-        if options.strict and missing:
-            raise NoFaceError(f"No face found in {faces.describe_ranges(missing, frames.fps)} of {frames.name} "
-                              "(strict mode): trim those frames, give a fixed box, or turn strict mode off")
-        return Plan(frames, options, speech, n_used, boxes, found, watch)
+        if options.strict:
+            boxes.settle(n_used)
+            missing = faces.true_runs(~boxes.found)
+            if missing:
+                raise NoFaceError(f"No face found in {faces.describe_ranges(missing, frames.fps)} of {frames.name} "
+                                  "(strict mode): trim those frames, give a fixed box, or turn strict mode off")
+        return Plan(frames, options, speech, n_used, boxes, watch)
 
-    def face_boxes(self, frames: FaceFrames, n_frames: int, watch: Stopwatch) -> tuple[np.ndarray, np.ndarray]:
-        """``(boxes (n, 4) int x1 y1 x2 y2, found (n,) bool)`` for the first ``n_frames`` input frames."""
+    def face_boxes(self, frames: FaceFrames, n_frames: int, watch: Stopwatch) -> FaceBoxes:
+        """The boxes of the first ``n_frames`` input frames: fixed, from the cache, or detected as needed."""
         options = frames.options
         frame_hw = (frames.height, frames.width)
         if options.box is not None:
-            return faces.fixed_boxes(options.box, frame_hw, n_frames), np.ones(n_frames, bool)
+            fixed = faces.fixed_boxes(options.box, frame_hw, n_frames)
+            return FaceBoxes(n_frames, options, frame_hw, watch, fixed=fixed)
         key = self._cache_key(frames, n_frames) if options.cache_detections else None
         dets = detcache.load(key) if key else None
-        if dets is None:
-            with watch("detect"):
-                detector = self.detector(self.dtype(options))
-                dets = detect.detect_faces(detector, frames.frames(n_frames), n_frames, options)
-            if key:
-                detcache.save(key, dets)
-        else:
+        if dets is not None:
             log.info("face detections for %s taken from the cache", frames.name)
-        return faces.boxes_from_detections(dets, n_frames, options, frame_hw)
+            return FaceBoxes(n_frames, options, frame_hw, watch, dets=dets)
+        detection = detect.DetectionPass(self.detector(self.dtype(options)), frames.frames(n_frames), n_frames,
+                                         options)
+        save = (lambda found: detcache.save(key, found)) if key else None
+        return FaceBoxes(n_frames, options, frame_hw, watch, detection=detection, on_detected=save)
 
     def _cache_key(self, frames: FaceFrames, n_frames: int) -> str:
         settings = {name: getattr(frames.options, name) for name in DETECTION_SETTINGS}
-        settings.update(n_frames=n_frames, dtype=str(self.dtype(frames.options)),
+        settings.update(n_frames=n_frames, dtype=str(self.dtype(frames.options)), scale_rule=detect.SCALE_RULE,
                         detector=file_sha256(weights.resolve("s3fd", weights_dir=self.weights_dir)))
         return content_key(frames.video.path, settings)
 
@@ -326,6 +386,8 @@ class LipSync:
         face, watch = plan.face, plan.watch
         no_face = np.zeros(plan.n_out, bool)
         per_batch = max(1, min(plan.options.wav2lip_batch_size, FRAME_BUFFER_BYTES // (face.height * face.width * 3)))
+        if self.device == "cpu":  # the generator's pass anyway; smaller batches reach the output sooner
+            per_batch = min(per_batch, CPU_GENERATOR_BATCH)
         with tempfile.TemporaryDirectory(prefix="lipsync-") as tmp, \
                 VideoWriter(output, face.width, face.height, face.fps_exact, audio=plan.speech.track,
                             audio_rate=plan.speech.rate) as writer, \
@@ -333,6 +395,7 @@ class LipSync:
             frames = watch.timed_iter("decode", frames_in_output_order(plan, Path(tmp)))
             for start, batch in _batches(frames, per_batch):
                 indices = range(start, start + len(batch))
+                plan.boxes.settle(max(plan.source(i) for i in indices) + 1)
                 no_face[indices] = ~plan.found[[plan.source(i) for i in indices]]
                 self._lip_sync_batch(model, plan, batch, indices)
                 with watch("encode"):
@@ -353,7 +416,7 @@ class LipSync:
     def _lip_sync_batch(self, model: torch.nn.Module, plan: Plan, frames: list[np.ndarray],
                         indices: range) -> None:
         """Generate the mouths of one batch of output frames and paste them in place."""
-        boxes = {k: plan.boxes[plan.source(i)] for k, i in enumerate(indices) if plan.found[plan.source(i)]}
+        boxes = {k: plan.boxes.boxes[plan.source(i)] for k, i in enumerate(indices) if plan.found[plan.source(i)]}
         if not boxes:
             return
         crops = np.stack([cv2.resize(frames[k][y1:y2, x1:x2], (FACE_SIZE, FACE_SIZE))

@@ -117,3 +117,31 @@ def test_lip_sync_detector_uses_direct_convolutions(weights_dir):
     assert not any(isinstance(m, WinogradConv2d) for m in det.net.modules())
     det = detect.load_detector(weights_dir / "s3fd.pth", "s3fd", winograd=4)
     assert sum(isinstance(m, WinogradConv2d) for m in det.net.modules()) == 9
+
+
+@pytest.mark.parametrize("detection", ["fast", "original"])
+@pytest.mark.parametrize("seed", range(6))
+def test_boxes_of_a_prefix_are_final_after_the_lookahead(detection, seed):
+    """The render pass uses boxes while detection is still going: those it gets must never change."""
+    rng = np.random.default_rng(seed)
+    options = LipSyncOptions(detection=detection, max_gap=int(rng.integers(0, 12)), detect_every=int(rng.integers(1, 7)))
+    n = 160
+    # a face drifting, with runs of frames without it (some bridgeable, some not), sometimes a second face
+    present = np.ones(n, bool)
+    for _ in range(4):
+        start = int(rng.integers(0, n))
+        present[start:start + int(rng.integers(1, 3 * options.max_gap + 3))] = False
+    seen = range(n) if detection == "original" else key_frames(n, options.detect_every)
+    dets = {}
+    for i in seen:
+        x = 40 + 0.7 * i + rng.normal(0, 0.5)
+        face = [x, 30.0, x + 60, 100.0, 0.9]
+        dets[i] = det(face, [200, 10, 230, 40, 0.8]) if present[i] and i % 7 == 0 else det(face) if present[i] else det()
+    full, full_found = faces.boxes_from_detections(dets, n, options, (240, 320))
+    for k in [key + 1 for key in seen]:
+        final = faces.settled_boxes(k, n, options)
+        part = {i: d for i, d in dets.items() if i < k}
+        boxes, found = faces.boxes_from_detections(part, k, options, (240, 320))
+        np.testing.assert_array_equal(boxes[:final], full[:final])
+        np.testing.assert_array_equal(found[:final], full_found[:final])
+    assert faces.settled_boxes(n, n, options) == n

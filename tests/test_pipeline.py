@@ -155,6 +155,31 @@ def test_detections_are_cached(engine, planted, face_clip, speech_wav, tmp_path)
     assert planted.calls == calls
 
 
+def test_frames_are_written_while_detection_goes_on(engine, planted, face_image_bgr, speech_wav, tmp_path,
+                                                     monkeypatch):
+    """The render pass starts after the first frames' boxes, not after the whole detection pass."""
+    from lipsync import media
+
+    import soundfile
+
+    clip = make_face_clip(tmp_path / "long.mp4", face_image_bgr, None, seconds=10.0)  # 250 frames
+    wav, rate = load_audio(speech_wav, sample_rate=16000)
+    speech = tmp_path / "long.wav"
+    soundfile.write(speech, np.tile(wav, 4)[:10 * 16000], 16000)
+    at_first_write: list[int] = []
+    real_write = media.VideoWriter.write
+
+    def write(self, frame):
+        if not at_first_write:
+            at_first_write.append(planted.calls)
+        real_write(self, frame)
+
+    monkeypatch.setattr(media.VideoWriter, "write", write)
+    result = engine.run(clip, speech, tmp_path / "out.mp4", LipSyncOptions(cache_detections=False))
+    assert result.n_frames == 250 and result.no_face_ranges == []
+    assert 0 < at_first_write[0] < planted.calls / 2, (at_first_write, planted.calls)
+
+
 def test_no_face_frames_pass_through_and_strict_stops(engine, planted, face_image_bgr, speech_wav, tmp_path):
     import cv2
 
