@@ -214,29 +214,37 @@ def _show(value: Any) -> str:
 
 
 # -- API / UI parameters -------------------------------------------------------------------------------
-def parameters(cls: type, *, prefix: str = "", unprefixed: Iterable[str] = ()) -> list[Parameter]:
+def parameters(cls: type, *, prefix: str = "", unprefixed: Iterable[str] = (),
+               presets: Mapping[str, Any] | None = None) -> list[Parameter]:
     """The flat parameters for the fields of ``cls``, in field order.
 
     ``prefix`` is put before each name (``score_mode``) except for the fields in ``unprefixed``.
+    ``presets`` gives some fields another default for this endpoint (checked like any value).
     """
     keep = set(unprefixed)
+    presets = dict(presets or {})
+    unknown = set(presets) - {f.name for f in dataclasses.fields(cls)}
+    if unknown:
+        raise TypeError(f"presets for unknown fields of {cls.__name__}: {', '.join(sorted(unknown))}")
+    check_bounds(dataclasses.replace(cls(), **presets))
     out: list[Parameter] = []
     for f, spec, found in _declared(cls):
         spec = _spec_with_choices(spec, found)
         head = "" if f.name in keep else prefix
+        default = presets.get(f.name, f.default)
         if found.kind == "tuple":
             if len(spec.parts) != found.count:
                 raise TypeError(f"{cls.__name__}.{f.name}: a fixed tuple option needs {found.count} parts")
             stem = spec.stem or f.name
             for i, part in enumerate(spec.parts):
-                out.append(Parameter(f"{head}{stem}_{part}", f.name, found.element.__name__, f.default[i], spec,
+                out.append(Parameter(f"{head}{stem}_{part}", f.name, found.element.__name__, default[i], spec,
                                      element=found.element, part=i))
         elif found.kind == "numbers":
-            default = "" if f.default is None else _show(f.default)
-            out.append(Parameter(head + f.name, f.name, "numbers", default, spec, element=found.element,
+            text = "" if default is None else _show(default)
+            out.append(Parameter(head + f.name, f.name, "numbers", text, spec, element=found.element,
                                  count=found.count))
         else:
-            out.append(Parameter(head + f.name, f.name, found.kind, f.default, spec, element=found.element))
+            out.append(Parameter(head + f.name, f.name, found.kind, default, spec, element=found.element))
     return out
 
 

@@ -137,6 +137,36 @@ def test_lipsync_video(client):
     assert details["n_frames"] == round(details["duration"] * 25) and details["fps"] == 25
 
 
+def test_the_input_is_scored_once_per_content(client, monkeypatch, tmp_path):
+    """The same face video with other speech: the input's score comes from the cache the second time."""
+    scored: list[str] = []
+    real = app._score
+
+    def counting(path, options):
+        scored.append(Path(path).name)
+        return real(path, options)
+
+    monkeypatch.setattr(app, "_score", counting)
+    monkeypatch.setattr(app.Models.shared(), "scores", app.ScoreCache(app.Models.shared().weights_dir))  # empty
+    copy = tmp_path / "same clip, renamed.mp4"
+    copy.write_bytes(CLIP.read_bytes())
+    first = client.predict(face_video=handle_file(str(CLIP)), audio=handle_file(str(SPEECH)), **FAST,
+                           api_name="/lipsync")[2]
+    second = client.predict(face_video=handle_file(str(copy)), audio=handle_file(str(CLIP)), **FAST,
+                            api_name="/lipsync")[2]
+    assert len(scored) == 3, scored  # output, input; then only the second output
+    assert second["input"]["lse_d"] == first["input"]["lse_d"]
+
+
+def test_score_cache_keys_content_options_and_weights(weights_dir, tmp_path):
+    cache = app.ScoreCache(str(weights_dir))
+    other = tmp_path / "other.mp4"
+    other.write_bytes(CLIP.read_bytes() + b"\0")
+    base = cache.key(CLIP, app.EvalOptions())
+    assert base == cache.key(CLIP, app.EvalOptions())
+    assert base != cache.key(CLIP, app.EvalOptions(detect_every=5)) and base != cache.key(other, app.EvalOptions())
+
+
 def test_lipsync_photo_without_input_scoring(client):
     video, _, details = client.predict(face_image=handle_file(str(STILL)), audio=handle_file(str(SPEECH)),
                                        **FAST, fps=25, api_name="/lipsync")
