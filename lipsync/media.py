@@ -26,6 +26,7 @@ from av.video.frame import VideoFrame
 from av.video.stream import VideoStream
 
 from lipsync.errors import InputError
+from lipsync.segments import Segments, aac_rate
 
 log = logging.getLogger(__name__)
 
@@ -545,12 +546,6 @@ def load_audio(path: str | Path, *, sample_rate: int | None = 16000,
     return samples, int(rate)
 
 
-def _aac_rate(rate: int) -> int:
-    """The nearest sample rate AAC supports, preferring rates above ``rate`` (no lost treble)."""
-    supported = sorted(av.codec.Codec("aac", "w").audio_rates or (rate,))
-    return next((r for r in supported if r >= rate), supported[-1])
-
-
 class VideoWriter:
     """Encode BGR frames (and optional audio) to .mp4/.mov (H.264 + AAC) or .mkv (FFV1 + FLAC).
 
@@ -559,10 +554,12 @@ class VideoWriter:
     and all of it is written: its length, not the video's, sets the duration when it is longer.
     H.264 needs even sizes, so an odd width/height gains one repeated last column/row. The video
     is BT.709, limited range, and tagged so. If anything fails the partial file is removed.
+    ``segments`` (H.264 only) also cuts the output into playable pieces as it is written.
     """
 
     def __init__(self, path: str | Path, width: int, height: int, fps: Fraction | int | float, *,
-                 audio: np.ndarray | None = None, audio_rate: int | None = None) -> None:
+                 audio: np.ndarray | None = None, audio_rate: int | None = None,
+                 segments: Segments | None = None) -> None:
         self.path = Path(path)
         suffix = self.path.suffix.lower()
         if suffix not in _OUTPUT_FORMATS:
@@ -596,6 +593,11 @@ class VideoWriter:
         except BaseException:
             self._discard()
             raise
+        if segments is not None and not self._h264:
+            raise ValueError("segments need an H.264 output (.mp4 or .mov)")
+        self._segments = segments
+        if segments is not None:
+            segments.start(self._video, self.fps, self._audio, self._audio_rate)
 
     def _add_video(self, codec: str, pix_fmt: str) -> VideoStream:
         stream = self._container.add_stream(codec, rate=self.fps)
@@ -604,7 +606,9 @@ class VideoWriter:
         stream.pix_fmt = pix_fmt
         stream.time_base = 1 / self.fps
         if self._h264:
-            stream.codec_context.options = {"crf": str(X264_CRF), "preset": X264_PRESET}
+            # forced-idr: a frame marked I (where a streamed piece starts) is an IDR frame, which
+            # nothing before it is needed to decode
+            stream.codec_context.options = {"crf": str(X264_CRF), "preset": X264_PRESET, "forced-idr": "1"}
             # BT.709 (AVCOL_*_BT709 = 1), limited range (AVCOL_RANGE_MPEG = 1): what players assume.
             stream.codec_context.colorspace = 1
             stream.codec_context.color_primaries = 1
@@ -620,7 +624,7 @@ class VideoWriter:
         assert self._audio is not None
         channels = self._audio.shape[0]
         rate = self._audio_rate
-        stream = self._container.add_stream(codec, rate=_aac_rate(rate) if codec == "aac" else rate)
+        stream = self._container.add_stream(codec, rate=aac_rate(rate) if codec == "aac" else rate)
         if stream.rate != rate:
             log.warning("audio resampled from %d Hz to %d Hz for AAC", rate, stream.rate)
         stream.layout = _LAYOUTS[channels]
@@ -657,9 +661,20 @@ class VideoWriter:
             frame = frame.reformat(format="bgr0")
         frame.pts = self.frames_written
         frame.time_base = 1 / self.fps  # the muxer may change the stream's time base on start
-        self._container.mux(self._video.encode(frame))
+        if self._segments is not None and self._segments.is_boundary(self.frames_written):
+            frame.pict_type = av.video.frame.PictureType.I  # an IDR frame (forced-idr): a piece starts
+        self._mux_video(self._video.encode(frame))
         self.frames_written += 1
         self._send_audio(self.frames_written / self.fps)
+
+    def _mux_video(self, packets: list[av.Packet]) -> None:
+        for packet in packets:
+            if self._segments is None:
+                self._container.mux(packet)
+                continue
+            copy = self._segments.copy(packet)  # muxing hands the packet's data over
+            self._container.mux(packet)
+            self._segments.packet(copy)
 
     def _send_audio(self, until: Fraction | None) -> None:
         """Encode the audio up to ``until`` seconds (None: all of it)."""
@@ -685,12 +700,14 @@ class VideoWriter:
         try:
             if self.frames_written == 0:
                 raise ValueError(f"no frames were written to {self.path.name}")
-            self._container.mux(self._video.encode(None))
+            self._mux_video(self._video.encode(None))
             self._send_audio(None)
             if self._audio_stream is not None:
                 self._container.mux(self._audio_stream.encode(None))
             self._container.close()
             self._closed = True
+            if self._segments is not None:
+                self._segments.close(self.frames_written)
         except BaseException:
             self._discard()
             raise

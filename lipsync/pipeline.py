@@ -37,6 +37,7 @@ from lipsync.hashing import content_key, file_sha256
 from lipsync.media import VideoSource, VideoWriter, load_audio
 from lipsync.model import FACE_SIZE, generate, load_wav2lip
 from lipsync.options import FULL_FRAME, LipSyncOptions
+from lipsync.segments import Segments
 
 log = logging.getLogger(__name__)
 
@@ -329,10 +330,13 @@ class LipSync:
             return self._detectors[dtype]
 
     def run(self, face: str | os.PathLike, audio: str | os.PathLike, output: str | os.PathLike,
-            options: LipSyncOptions | None = None) -> LipSyncResult:
-        """Lip-sync ``face`` (video or image) to ``audio`` and write ``output`` (.mp4/.mov/.mkv)."""
+            options: LipSyncOptions | None = None, *, segments: Segments | None = None) -> LipSyncResult:
+        """Lip-sync ``face`` (video or image) to ``audio`` and write ``output`` (.mp4/.mov/.mkv).
+
+        ``segments`` (H.264 outputs) also hands over playable pieces of the output as they are finished.
+        """
         plan = self.plan(Path(face), Path(audio), options or LipSyncOptions())
-        return self.render(plan, Path(output))
+        return self.render(plan, Path(output), segments=segments)
 
     # -- stage 1: plan --------------------------------------------------------------------------------
     def plan(self, face: Path, audio: Path, options: LipSyncOptions) -> Plan:
@@ -380,7 +384,7 @@ class LipSync:
         return content_key(frames.video.path, settings)
 
     # -- stage 2: render ------------------------------------------------------------------------------
-    def render(self, plan: Plan, output: Path) -> LipSyncResult:
+    def render(self, plan: Plan, output: Path, *, segments: Segments | None = None) -> LipSyncResult:
         """Generate, paste and encode every output frame; the partial file is removed on failure."""
         model = self.generator(plan.options.checkpoint, self.dtype(plan.options))
         face, watch = plan.face, plan.watch
@@ -390,7 +394,7 @@ class LipSync:
             per_batch = min(per_batch, CPU_GENERATOR_BATCH)
         with tempfile.TemporaryDirectory(prefix="lipsync-") as tmp, \
                 VideoWriter(output, face.width, face.height, face.fps_exact, audio=plan.speech.track,
-                            audio_rate=plan.speech.rate) as writer, \
+                            audio_rate=plan.speech.rate, segments=segments) as writer, \
                 tqdm(total=plan.n_out, desc="lip sync", unit="frame") as bar:
             frames = watch.timed_iter("decode", frames_in_output_order(plan, Path(tmp)))
             for start, batch in _batches(frames, per_batch):

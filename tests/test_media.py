@@ -534,3 +534,44 @@ def test_count_frames_is_exact_without_a_header_count(tmp_path):
             for i in range(37):
                 w.write(np.full((24, 32, 3), i * 5, np.uint8))
         assert count_frames(path) == len(list(iter_frames(path))) == 37
+
+
+# --- segments for streaming ---------------------------------------------------------------------------
+
+
+def test_segments_play_on_their_own_and_add_up_to_the_output(tmp_path):
+    from lipsync.segments import Segments
+
+    n, fps = 70, Fraction(25)  # 2.8 s: pieces of 1 s, 1 s and 0.8 s
+    audio = tone(16000, 3.0)  # the audio outlasts the picture: the last piece takes the rest
+    done: list[Path] = []
+    segments = Segments(tmp_path, 1.0, done.append)
+    out = tmp_path / "out.mp4"
+    with VideoWriter(out, 64, 48, fps, audio=audio, audio_rate=16000, segments=segments) as writer:
+        for i in range(n):
+            writer.write(pattern(48, 64, i))
+            if i == 40:  # a piece is handed over as soon as it is complete, while writing goes on
+                assert [p.name for p in done] == ["segment_0000.mp4"]
+    assert [p.name for p in done] == ["segment_0000.mp4", "segment_0001.mp4", "segment_0002.mp4"]
+    whole = list(iter_frames(out))
+    pieces = [list(iter_frames(p)) for p in done]
+    assert [len(p) for p in pieces] == [25, 25, 20]
+    # the same encoded packets: decoded alone, each piece gives exactly the output's frames
+    for got, want in zip([f for p in pieces for f in p], whole, strict=True):
+        np.testing.assert_array_equal(got, want)
+    seconds = []
+    for piece in done:
+        with av.open(str(piece)) as container:
+            assert container.streams.video[0].codec_context.name == "h264"
+            sound = container.streams.audio[0]
+            assert sound.codec_context.name == "aac"
+            seconds.append(float(sound.duration * sound.time_base))
+    assert seconds[0] == pytest.approx(1.0, abs=0.07) and seconds[1] == pytest.approx(1.0, abs=0.07)
+    assert seconds[2] == pytest.approx(1.0, abs=0.07)  # 0.8 s of picture, the last 1.0 s of the audio
+
+
+def test_segments_need_h264(tmp_path):
+    from lipsync.segments import Segments
+
+    with pytest.raises(ValueError, match="H.264"):
+        VideoWriter(tmp_path / "out.mkv", 64, 48, 25, segments=Segments(tmp_path, 1.0, print))

@@ -180,6 +180,31 @@ def test_frames_are_written_while_detection_goes_on(engine, planted, face_image_
     assert 0 < at_first_write[0] < planted.calls / 2, (at_first_write, planted.calls)
 
 
+def test_segments_are_handed_over_while_the_run_goes_on(engine, face_clip, speech_wav, tmp_path, monkeypatch):
+    from lipsync import media
+    from lipsync.segments import Segments
+
+    written = [0]
+    real_write = media.VideoWriter.write
+
+    def write(self, frame):
+        real_write(self, frame)
+        written[0] += 1
+
+    monkeypatch.setattr(media.VideoWriter, "write", write)
+    pieces: list[tuple[Path, int]] = []
+    folder = tmp_path / "pieces"
+    folder.mkdir()
+    segments = Segments(folder, 1.0, lambda path: pieces.append((path, written[0])))
+    result = engine.run(face_clip, speech_wav, tmp_path / "out.mp4", LipSyncOptions(box=CLIP_BOX), segments=segments)
+    assert len(pieces) == -(-result.n_frames // 25)
+    assert pieces[0][1] < result.n_frames  # the first piece came before the last frame was written
+    frames = [f for path, _ in pieces for f in iter_frames(path)]
+    assert len(frames) == result.n_frames
+    for got, want in zip(frames, iter_frames(tmp_path / "out.mp4"), strict=True):
+        np.testing.assert_array_equal(got, want)
+
+
 def test_no_face_frames_pass_through_and_strict_stops(engine, planted, face_image_bgr, speech_wav, tmp_path):
     import cv2
 
