@@ -124,7 +124,8 @@ def test_lip_sync_detector_uses_direct_convolutions(weights_dir):
 def test_boxes_of_a_prefix_are_final_after_the_lookahead(detection, seed):
     """The render pass uses boxes while detection is still going: those it gets must never change."""
     rng = np.random.default_rng(seed)
-    options = LipSyncOptions(detection=detection, max_gap=int(rng.integers(0, 12)), detect_every=int(rng.integers(1, 7)))
+    options = LipSyncOptions(detection=detection, max_gap=int(rng.integers(0, 12)),
+                             detect_every=int(rng.integers(1, 7)))
     n = 160
     # a face drifting, with runs of frames without it (some bridgeable, some not), sometimes a second face
     present = np.ones(n, bool)
@@ -136,7 +137,10 @@ def test_boxes_of_a_prefix_are_final_after_the_lookahead(detection, seed):
     for i in seen:
         x = 40 + 0.7 * i + rng.normal(0, 0.5)
         face = [x, 30.0, x + 60, 100.0, 0.9]
-        dets[i] = det(face, [200, 10, 230, 40, 0.8]) if present[i] and i % 7 == 0 else det(face) if present[i] else det()
+        if not present[i]:
+            dets[i] = det()
+        else:
+            dets[i] = det(face, [200, 10, 230, 40, 0.8]) if i % 7 == 0 else det(face)
     full, full_found = faces.boxes_from_detections(dets, n, options, (240, 320))
     for k in [key + 1 for key in seen]:
         final = faces.settled_boxes(k, n, options)

@@ -158,9 +158,9 @@ def test_detections_are_cached(engine, planted, face_clip, speech_wav, tmp_path)
 def test_frames_are_written_while_detection_goes_on(engine, planted, face_image_bgr, speech_wav, tmp_path,
                                                      monkeypatch):
     """The render pass starts after the first frames' boxes, not after the whole detection pass."""
-    from lipsync import media
-
     import soundfile
+
+    from lipsync import media
 
     clip = make_face_clip(tmp_path / "long.mp4", face_image_bgr, None, seconds=10.0)  # 250 frames
     wav, rate = load_audio(speech_wav, sample_rate=16000)

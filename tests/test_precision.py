@@ -36,9 +36,11 @@ def test_auto_follows_the_cpu(monkeypatch, native, expected):
     assert precision.resolve("bf16", "cpu") == BF16  # asked for: runs, emulated where not native
 
 
-def test_auto_is_half_precision_on_cuda():
-    assert precision.resolve("auto", "cuda") == torch.float16
-    assert precision.resolve("bf16", "cuda") == BF16
+@pytest.mark.parametrize("bf16_gpu, expected", [(True, BF16), (False, torch.float16)])
+def test_auto_is_16_bit_on_cuda(monkeypatch, bf16_gpu, expected):
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: bf16_gpu)
+    assert precision.resolve("auto", "cuda") == expected
+    assert precision.resolve("bf16", "cuda") == BF16 and precision.resolve("fp16", "cuda") == torch.float16
 
 
 def test_fp16_on_a_cpu_without_it_is_refused(monkeypatch):
