@@ -50,11 +50,23 @@ SENTENCES = (
 SPEECH_GAP_S = 0.3  # silence between sentences
 
 
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+
+
+def astronaut() -> np.ndarray:
+    """The 512x512 astronaut photo, BGR: from scikit-image, or where that is not installed (a bare GPU
+    machine) the committed 256x256 example photo of it, enlarged (the timings do not depend on it)."""
+    try:
+        from skimage import data
+    except ImportError:
+        still = cv2.imread(str(EXAMPLES / "face_still.jpg"), cv2.IMREAD_COLOR)
+        return cv2.resize(still, (512, 512), interpolation=cv2.INTER_CUBIC)
+    return np.ascontiguousarray(data.astronaut()[..., ::-1])
+
+
 def head_patch() -> tuple[np.ndarray, np.ndarray]:
     """``(patch (h, w, 3) float32 BGR, alpha (h, w, 1) float32)``: the scaled head with soft edges."""
-    from skimage import data
-
-    photo = np.ascontiguousarray(data.astronaut()[..., ::-1])
+    photo = astronaut()
     (r0, r1), (c0, c1) = HEAD_ROWS, HEAD_COLS
     head = photo[r0:r1, c0:c1]
     size = (round((c1 - c0) * HEAD_SCALE), round((r1 - r0) * HEAD_SCALE))
@@ -118,21 +130,23 @@ def frames(n_frames: int) -> Iterator[np.ndarray]:
 
 
 def speech(seconds: float, folder: Path) -> tuple[np.ndarray, int]:
-    """``(audio (1, n) float32, rate)``: espeak-ng sentences back to back, cut to exactly ``seconds``."""
-    import soundfile as sf
+    """``(audio (1, n) float32, rate)``: espeak-ng sentences back to back, cut to exactly ``seconds``
+    (where espeak-ng is not installed, a bare GPU machine, the committed example speech repeated)."""
+    from lipsync.media import load_audio
 
     espeak = shutil.which("espeak-ng")
-    if espeak is None:
-        raise SystemExit("espeak-ng is not installed (Debian package espeak-ng)")
     pieces: list[np.ndarray] = []
     rate = 0
-    for k, sentence in enumerate(SENTENCES):
+    if espeak is None:
+        samples, rate = load_audio(EXAMPLES / "speech.wav", sample_rate=None, mono=True)
+        pieces.append(samples)
+    for k, sentence in enumerate(SENTENCES if espeak else ()):
         wav = folder / f"s{k}.wav"
         done = subprocess.run([espeak, "-s", "150", "-w", str(wav), sentence], capture_output=True, text=True)
         if done.returncode != 0:
             raise SystemExit(f"espeak-ng failed: {done.stderr.strip()}")
-        samples, rate = sf.read(wav, dtype="float32")
-        pieces.append(samples if samples.ndim == 1 else samples.mean(axis=1))
+        samples, rate = load_audio(wav, sample_rate=None, mono=True)
+        pieces.append(samples)
     gap = np.zeros(int(SPEECH_GAP_S * rate), np.float32)
     total = int(round(seconds * rate))
     out: list[np.ndarray] = []

@@ -32,6 +32,9 @@ DEFAULT_BATCH_SIZE = 16
 # on a 2-core AVX2 CPU with sfd_face at 320x180: 16-frame batches ~330 ms per frame, single frames
 # ~220 ms. Small frames (e.g. 160x90) still go four at a time.
 CPU_BATCH_PIXELS = 64 * 1024
+# On a GPU a batch is capped by free memory: S3FD's widest maps are conv1's 64 channels at full size,
+# and about four of them are alive at once (input, output, ReLU, pooling), so 256 values per pixel.
+GPU_VALUES_PER_PIXEL = 64 * 4
 
 
 def _check_keys(net: torch.nn.Module, state_dict: Mapping[str, torch.Tensor], variant: str) -> None:
@@ -115,6 +118,8 @@ class FaceDetector:
         size = batch_size or self.batch_size
         if self.device.type == "cpu":
             size = max(1, min(size, CPU_BATCH_PIXELS // (net_h * net_w)))
+        elif self.device.type == "cuda":
+            size = max(1, min(size, self._frames_that_fit(net_h * net_w)))
         results: list[np.ndarray] = []
 
         def run(start: int, stop: int) -> None:
@@ -125,11 +130,20 @@ class FaceDetector:
             self.batch_size = min(self.batch_size, worked)
         return results
 
+    def _frames_that_fit(self, pixels: int) -> int:
+        """Frames of ``pixels`` each that half the GPU's free memory holds while S3FD runs on them."""
+        free, _ = torch.cuda.mem_get_info(self.device)
+        per_frame = pixels * GPU_VALUES_PER_PIXEL * torch.finfo(self.dtype).bits // 8
+        return int(free // 2 // per_frame)
+
     @torch.inference_mode()
     def _detect_batch(self, frames: Sequence[np.ndarray] | np.ndarray, frame_hw: tuple[int, int]) -> list[np.ndarray]:
         batch = torch.from_numpy(np.ascontiguousarray(frames if isinstance(frames, np.ndarray) else np.stack(frames)))
+        if self.device.type == "cuda":  # pinned, so the copy does not block the host
+            batch = batch.pin_memory()
         # uint8 travels to the device; BGR->RGB, float, mean; NHWC permuted to NCHW (channels-last strides)
-        x = (batch.to(self.device).flip(-1).float() - self._mean).permute(0, 3, 1, 2).to(self.dtype)
+        x = (batch.to(self.device, non_blocking=True).flip(-1).float() - self._mean).permute(0, 3, 1, 2)
+        x = x.to(self.dtype)
         height, width = frame_hw
         net_h, net_w = x.shape[2:]
         if self.variant == "s3fd":

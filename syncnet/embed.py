@@ -29,7 +29,10 @@ def forward(fn: Callable[[torch.Tensor], torch.Tensor], batch: torch.Tensor, dev
     parts: list[torch.Tensor] = []
 
     def run(start: int, stop: int) -> None:
-        parts.append(fn(batch[start:stop].to(device, dtype)).float().cpu())
+        part = batch[start:stop]
+        if device.type == "cuda":  # pinned, so the copy does not block the host
+            part = part.pin_memory().to(device, non_blocking=True)
+        parts.append(fn(part.to(device, dtype)).float().cpu())
 
     in_batches(run, len(batch), batch_size or len(batch), what="SyncNet", device=device)
     return torch.cat(parts)
