@@ -29,9 +29,9 @@ import torch
 from tqdm.auto import tqdm
 
 from face_detection.detector import FaceDetector
-from lipsync import detcache, detect, faces, weights
+from lipsync import detcache, detect, faces, vad, weights
 from lipsync.audio import SAMPLE_RATE, mel_chunks, melspectrogram
-from lipsync.compose import paste
+from lipsync.compose import crossfade, paste
 from lipsync.errors import InputError, NoFaceError
 from lipsync.hashing import content_key, file_sha256
 from lipsync.media import VideoSource, VideoWriter, load_audio
@@ -157,11 +157,13 @@ class Speech:
     chunks: np.ndarray  # (n_out, 80, 16) mel windows, one per output frame
     track: np.ndarray  # (channels, n) the audio as it is muxed into the output
     rate: int
+    wav: np.ndarray | None = None  # (n,) 16 kHz mono: the speech the chunks come from
 
 
 def load_speech(path: Path, fps: float) -> Speech:
     """The generator's mel chunks for ``fps`` output frames, and the audio track to mux."""
     wav, _ = load_audio(path, sample_rate=SAMPLE_RATE, mono=True)
+    track, rate = load_audio(path, sample_rate=None, mono=False)
     if not np.any(wav):
         log.warning("the audio in %s is silent: the mouth will barely move", path.name)
     chunks = mel_chunks(melspectrogram(wav), fps)  # (N, 80, 16)
@@ -170,8 +172,7 @@ def load_speech(path: Path, fps: float) -> Speech:
     cover = math.ceil(len(wav) / SAMPLE_RATE * fps - 1e-6)
     if cover > len(chunks):
         chunks = np.concatenate([chunks, np.repeat(chunks[-1:], cover - len(chunks), axis=0)])
-    track, rate = load_audio(path, sample_rate=None, mono=False)
-    return Speech(chunks, track, rate)
+    return Speech(chunks, track, rate, wav)
 
 
 @dataclass
@@ -185,10 +186,17 @@ class Plan:
     boxes: np.ndarray  # (n_used, 4) int x1 y1 x2 y2 per input frame
     found: np.ndarray  # (n_used,) bool: a face box exists
     watch: Stopwatch
+    # (n_out,) float32 share of the generated frame in each output frame (silence="keep": 0 = the input
+    # frame as it is, no generation); None = 1 everywhere
+    weights: np.ndarray | None = None
 
     @property
     def n_out(self) -> int:
         return len(self.speech.chunks)
+
+    def weight(self, i: int) -> float:
+        """How much of output frame ``i`` is the generated frame (1 unless silence="keep")."""
+        return 1.0 if self.weights is None else float(self.weights[i])
 
     def source(self, i: int) -> int:
         """The input frame output frame ``i`` shows."""
@@ -279,6 +287,12 @@ class LipSync:
         frames = FaceFrames(face, options)
         with watch("audio"):
             speech = load_speech(audio, frames.fps)
+        weights = None
+        if options.silence == "keep":
+            with watch("voice activity"):
+                weights = vad.silence_weights(speech.wav, len(speech.chunks), frames.fps)
+            if not weights.any():
+                log.warning("no speech found in %s: the output shows the input frames unchanged", audio.name)
         n_used = frames.usable(len(speech.chunks))
         boxes, found = self.face_boxes(frames, n_used, watch)
         if not found.any():
@@ -289,7 +303,7 @@ class LipSync:
         if options.strict and missing:
             raise NoFaceError(f"No face found in {faces.describe_ranges(missing, frames.fps)} of {frames.name} "
                               "(strict mode): trim those frames, give a fixed box, or turn strict mode off")
-        return Plan(frames, options, speech, n_used, boxes, found, watch)
+        return Plan(frames, options, speech, n_used, boxes, found, watch, weights)
 
     def face_boxes(self, frames: FaceFrames, n_frames: int, watch: Stopwatch) -> tuple[np.ndarray, np.ndarray]:
         """``(boxes (n, 4) int x1 y1 x2 y2, found (n,) bool)`` for the first ``n_frames`` input frames."""
@@ -347,7 +361,8 @@ class LipSync:
     def _lip_sync_batch(self, model: torch.nn.Module, plan: Plan, frames: list[np.ndarray],
                         indices: range) -> None:
         """Generate the mouths of one batch of output frames and paste them in place."""
-        boxes = {k: plan.boxes[plan.source(i)] for k, i in enumerate(indices) if plan.found[plan.source(i)]}
+        boxes = {k: plan.boxes[plan.source(i)] for k, i in enumerate(indices)
+                 if plan.found[plan.source(i)] and plan.weight(i) > 0}  # weight 0: the input frame as it is
         if not boxes:
             return
         crops = np.stack([cv2.resize(frames[k][y1:y2, x1:x2], (FACE_SIZE, FACE_SIZE))
@@ -357,7 +372,8 @@ class LipSync:
             mouths = generate(model, mels, crops, batch_size=CPU_GENERATOR_BATCH if self.device == "cpu" else None)
         with plan.watch("paste"):
             for (k, box), mouth in zip(boxes.items(), mouths, strict=True):
-                frames[k] = paste(frames[k], mouth, tuple(int(v) for v in box), blend=plan.options.blend)
+                pasted = paste(frames[k], mouth, tuple(int(v) for v in box), blend=plan.options.blend)
+                frames[k] = crossfade(frames[k], pasted, plan.weight(indices[k]))
 
 
 def _batches(frames: Iterable[np.ndarray], size: int) -> Iterator[tuple[int, list[np.ndarray]]]:

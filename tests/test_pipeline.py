@@ -276,3 +276,33 @@ def test_silent_audio_is_a_documented_graceful_result(engine, face_clip, tmp_pat
     result = engine.run(face_clip, silence, tmp_path / "quiet.mp4", LipSyncOptions(box=CLIP_BOX))
     assert result.n_frames == 25 and probe(result.output).has_audio
     assert any("silent" in r.getMessage() for r in caplog.records)
+
+
+# -- silence="keep" ---------------------------------------------------------------------------------
+def test_silence_keep_shows_the_input_frames_in_a_silent_stretch(engine, face_image_bgr, gapped_speech, tmp_path):
+    audio, start, end = gapped_speech
+    seconds = len(load_audio(audio, sample_rate=16000)[0]) / 16000
+    clip = make_face_clip(tmp_path / "quiet face.mp4", face_image_bgr, None, seconds=seconds + 0.2)
+    out = tmp_path / "kept.mkv"  # lossless: the kept frames come back bit for bit
+    result = engine.run(clip, audio, out, LipSyncOptions(box=CLIP_BOX, silence="keep"))
+    assert "voice activity" in result.timings
+    src, dst = list(iter_frames(clip)), list(iter_frames(out))
+    assert len(dst) == result.n_frames
+    t = np.arange(len(dst)) / 25
+    # past the fade (0.2 s) and the generator's 0.2 s look-ahead at the far end: the input, exactly
+    silent = np.flatnonzero((t > start + 0.25) & (t < end - 0.45))
+    assert len(silent) > 25
+    for i in silent:
+        assert np.array_equal(dst[i], src[i]), f"frame {i} ({t[i]:.2f} s) inside the silence was changed"
+    wav = load_audio(audio, sample_rate=16000)[0]
+    voiced = [i for i in range(len(dst)) if np.sqrt(np.mean(wav[i * 640:(i + 1) * 640] ** 2)) > 0.05]
+    assert len(voiced) > 20
+    top, bottom, left, right = CLIP_BOX
+    for i in voiced:
+        assert not np.array_equal(dst[i][top:bottom, left:right], src[i][top:bottom, left:right]), i
+
+
+def test_silence_animate_is_the_default_and_runs_no_voice_activity(engine, face_clip, speech_wav):
+    assert LipSyncOptions().silence == "animate"
+    plan = engine.plan(face_clip, speech_wav, LipSyncOptions(box=CLIP_BOX))
+    assert plan.weights is None and plan.weight(0) == 1.0 and "voice activity" not in plan.watch.totals
