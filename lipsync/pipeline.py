@@ -157,15 +157,22 @@ class Speech:
     chunks: np.ndarray  # (n_out, 80, 16) mel windows, one per output frame
     track: np.ndarray  # (channels, n) the audio as it is muxed into the output
     rate: int
-    wav: np.ndarray | None = None  # (n,) 16 kHz mono: the speech the chunks come from
+    wav: np.ndarray | None = None  # (n,) 16 kHz mono: the speech the chunks come from (the voice track if any)
 
 
-def load_speech(path: Path, fps: float) -> Speech:
-    """The generator's mel chunks for ``fps`` output frames, and the audio track to mux."""
-    wav, _ = load_audio(path, sample_rate=SAMPLE_RATE, mono=True)
+def load_speech(path: Path, fps: float, voice: Path | None = None) -> Speech:
+    """The generator's mel chunks for ``fps`` output frames, and the audio track to mux.
+
+    With ``voice``, the chunks come from it and the track from ``path`` (a song's mix, say, with the
+    vocals alone as the voice); the two must last the same within one frame.
+    """
+    speech = path if voice is None else voice
+    wav, _ = load_audio(speech, sample_rate=SAMPLE_RATE, mono=True)
     track, rate = load_audio(path, sample_rate=None, mono=False)
+    if voice is not None:
+        check_same_length(len(wav) / SAMPLE_RATE, track.shape[-1] / rate, fps)
     if not np.any(wav):
-        log.warning("the audio in %s is silent: the mouth will barely move", path.name)
+        log.warning("the audio in %s is silent: the mouth will barely move", speech.name)
     chunks = mel_chunks(melspectrogram(wav), fps)  # (N, 80, 16)
     # inference.py stops one chunk short of the audio's end (the muxed audio then outlasts the
     # picture by up to 16 mel frames, 0.2 s); repeat its final window so the video covers the audio
@@ -173,6 +180,18 @@ def load_speech(path: Path, fps: float) -> Speech:
     if cover > len(chunks):
         chunks = np.concatenate([chunks, np.repeat(chunks[-1:], cover - len(chunks), axis=0)])
     return Speech(chunks, track, rate, wav)
+
+
+def check_same_length(voice_seconds: float, audio_seconds: float, fps: float) -> None:
+    """InputError unless the voice track and the audio last the same within one frame (1 / fps s)."""
+    tolerance = 1 / fps
+    difference = abs(voice_seconds - audio_seconds)
+    if difference <= tolerance + 1e-9:
+        return
+    longer = "voice track" if voice_seconds > audio_seconds else "audio"
+    raise InputError(f"the voice track is {voice_seconds:.2f} s, the audio {audio_seconds:.2f} s (the {longer} is "
+                     f"{difference:.2f} s longer): they must be the same length within {tolerance:.2f} s; "
+                     "trim one of them")
 
 
 @dataclass
@@ -275,24 +294,29 @@ class LipSync:
             return self._detector
 
     def run(self, face: str | os.PathLike, audio: str | os.PathLike, output: str | os.PathLike,
-            options: LipSyncOptions | None = None) -> LipSyncResult:
-        """Lip-sync ``face`` (video or image) to ``audio`` and write ``output`` (.mp4/.mov/.mkv)."""
-        plan = self.plan(Path(face), Path(audio), options or LipSyncOptions())
+            options: LipSyncOptions | None = None, *, voice: str | os.PathLike | None = None) -> LipSyncResult:
+        """Lip-sync ``face`` (video or image) to ``audio`` and write ``output`` (.mp4/.mov/.mkv).
+
+        ``voice``, when given, drives the lips instead of ``audio``, which is still what the output plays.
+        """
+        plan = self.plan(Path(face), Path(audio), options or LipSyncOptions(),
+                         voice=None if voice is None else Path(voice))
         return self.render(plan, Path(output))
 
     # -- stage 1: plan --------------------------------------------------------------------------------
-    def plan(self, face: Path, audio: Path, options: LipSyncOptions) -> Plan:
+    def plan(self, face: Path, audio: Path, options: LipSyncOptions, voice: Path | None = None) -> Plan:
         """Audio, chunks, frames and boxes; raises the user's errors before any generation."""
         watch = Stopwatch()
         frames = FaceFrames(face, options)
         with watch("audio"):
-            speech = load_speech(audio, frames.fps)
+            speech = load_speech(audio, frames.fps, voice)
         weights = None
         if options.silence == "keep":
             with watch("voice activity"):
                 weights = vad.silence_weights(speech.wav, len(speech.chunks), frames.fps)
             if not weights.any():
-                log.warning("no speech found in %s: the output shows the input frames unchanged", audio.name)
+                log.warning("no speech found in %s: the output shows the input frames unchanged",
+                            (voice or audio).name)
         n_used = frames.usable(len(speech.chunks))
         boxes, found = self.face_boxes(frames, n_used, watch)
         if not found.any():

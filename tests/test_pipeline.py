@@ -278,7 +278,7 @@ def test_silent_audio_is_a_documented_graceful_result(engine, face_clip, tmp_pat
     assert any("silent" in r.getMessage() for r in caplog.records)
 
 
-# -- silence="keep" ---------------------------------------------------------------------------------
+# -- silence="keep", a voice track --------------------------------------------------------------
 def test_silence_keep_shows_the_input_frames_in_a_silent_stretch(engine, face_image_bgr, gapped_speech, tmp_path):
     audio, start, end = gapped_speech
     seconds = len(load_audio(audio, sample_rate=16000)[0]) / 16000
@@ -306,3 +306,40 @@ def test_silence_animate_is_the_default_and_runs_no_voice_activity(engine, face_
     assert LipSyncOptions().silence == "animate"
     plan = engine.plan(face_clip, speech_wav, LipSyncOptions(box=CLIP_BOX))
     assert plan.weights is None and plan.weight(0) == 1.0 and "voice activity" not in plan.watch.totals
+
+
+def _mix_with_tone(speech: Path, out: Path, *, trim: float = 0.0) -> Path:
+    import soundfile
+
+    wav, rate = load_audio(speech, sample_rate=None, mono=True)
+    wav = wav[:len(wav) - round(trim * rate)]
+    tone = 0.2 * np.sin(2 * np.pi * 440 * np.arange(len(wav)) / rate)
+    soundfile.write(out, (0.5 * wav + tone).astype(np.float32), rate)
+    return out
+
+
+def test_voice_drives_the_lips_and_audio_is_what_plays(engine, face_clip, speech_wav, tmp_path):
+    from lipsync.pipeline import load_speech
+
+    mix = _mix_with_tone(speech_wav, tmp_path / "mix.wav")
+    plan = engine.plan(face_clip, mix, LipSyncOptions(box=CLIP_BOX), voice=speech_wav)
+    alone = load_speech(speech_wav, 25.0)
+    np.testing.assert_array_equal(plan.speech.chunks, alone.chunks)
+    np.testing.assert_array_equal(plan.speech.track, load_audio(mix, sample_rate=None, mono=False)[0])
+    assert not np.array_equal(load_speech(mix, 25.0).chunks, alone.chunks)
+    short = _mix_with_tone(speech_wav, tmp_path / "short.wav", trim=0.02)  # within a frame (0.04 s): fine
+    assert engine.plan(face_clip, short, LipSyncOptions(box=CLIP_BOX), voice=speech_wav).n_out == plan.n_out
+
+
+def test_voice_of_another_length_is_refused_with_the_difference(engine, face_clip, speech_wav, tmp_path):
+    short = _mix_with_tone(speech_wav, tmp_path / "short.wav", trim=0.7)
+    seconds = len(load_audio(speech_wav, sample_rate=16000)[0]) / 16000
+    message = (rf"the voice track is {seconds:.2f} s, the audio {seconds - 0.7:.2f} s \(the voice track is 0.70 s "
+               r"longer\): they must be the same length within 0.04 s; trim one of them")
+    with pytest.raises(InputError, match=message):
+        engine.run(face_clip, short, tmp_path / "x.mp4", LipSyncOptions(box=CLIP_BOX), voice=speech_wav)
+    with pytest.raises(InputError, match=r"\(the audio is 0.70 s longer\)"):
+        engine.plan(face_clip, speech_wav, LipSyncOptions(box=CLIP_BOX), voice=short)
+    assert not (tmp_path / "x.mp4").exists()
+    proc = run_cli(face_clip, short, "-o", tmp_path / "c.mp4", "--voice", speech_wav, "--box", *map(str, CLIP_BOX))
+    assert proc.returncode == 2 and "error: the voice track is" in proc.stderr and "Traceback" not in proc.stderr
