@@ -49,6 +49,9 @@ FRAME_BUFFER_BYTES = 128 * 1024 * 1024
 CPU_GENERATOR_BATCH = 16
 # Options that change which pixels the detector sees, hence its answers (the detection cache's key).
 DETECTION_SETTINGS = ("detection", "detect_every", "detect_size", "resize_factor", "rotate", "crop")
+# The face box drawn on a preview frame: pure green (BGR), which skin and hair hardly ever are.
+PREVIEW_BOX_BGR = (0, 255, 0)
+PREVIEW_BOX_THICKNESS = 2  # px
 
 
 @dataclass
@@ -398,6 +401,55 @@ class LipSync:
             for (k, box), mouth in zip(boxes.items(), mouths, strict=True):
                 pasted = paste(frames[k], mouth, tuple(int(v) for v in box), blend=plan.options.blend)
                 frames[k] = crossfade(frames[k], pasted, plan.weight(indices[k]))
+
+
+    # -- one frame: preview ---------------------------------------------------------------------------
+    def preview(self, face: str | os.PathLike, audio: str | os.PathLike, at_seconds: float,
+                options: LipSyncOptions | None = None, *, voice: str | os.PathLike | None = None) -> np.ndarray:
+        """The output frame at ``at_seconds`` with its face box drawn: (H, W, 3) BGR uint8, in seconds.
+
+        Only that frame is worked on: the input frame the output shows then is decoded by seeking (after
+        looping, as ``loop`` says); the face is detected on it alone as the preset sees it (shrunk to
+        ``detect_size`` for fast, full size for original), or the fixed box is taken; the box is padded,
+        and the mouth generated from that frame's mel chunk is pasted (and faded as silence="keep" would)
+        by the code a run uses. The box drawn (PREVIEW_BOX_BGR) is the padded one the mouth goes into.
+        A single frame cannot be smoothed over time as a run smooths its boxes (a 5-frame average unless
+        nosmooth), nor bridged or interpolated from its neighbours, so a run's box may differ by a few
+        pixels; and where the detector misses this frame, a run may still bridge it.
+        """
+        options = options or LipSyncOptions()
+        if not math.isfinite(at_seconds) or at_seconds < 0:
+            raise InputError(f"the preview time must be a number of seconds from 0 on, not {at_seconds}")
+        watch = Stopwatch()
+        frames = FaceFrames(Path(face), options)
+        speech = load_speech(Path(audio), frames.fps, None if voice is None else Path(voice))
+        n_out = len(speech.chunks)
+        i = min(math.floor(at_seconds * frames.fps), n_out - 1)  # the output frame shown at that time
+        if frames.static:
+            frame = frames.first.copy()
+        else:
+            shown = source_index(i, frames.usable(n_out), options.loop)
+            frame = transform_frame(frames.video.frame_at((shown + 0.5) / frames.fps), options)
+        frame_hw = frame.shape[:2]
+        if options.box is not None:
+            boxes, found = faces.fixed_boxes(options.box, frame_hw, 1), np.ones(1, bool)
+        else:
+            dets = detect.detect_faces(self.detector(), [frame], 1, options)
+            boxes, found = faces.boxes_from_detections(dets, 1, options, frame_hw)
+        if not found[0]:
+            raise NoFaceError(
+                f"No face found in the frame at {i / frames.fps:.2f} s of {frames.name}: try another time, "
+                "detection 'original' (full resolution), or give a fixed box (top bottom left right)")
+        weights = vad.silence_weights(speech.wav, n_out, frames.fps) if options.silence == "keep" else None
+        # a plan of one input frame: output frame i shows it, and the run's own batch code paints it
+        plan = Plan(frames, options, speech, 1, boxes, found, watch, weights)
+        batch = [frame]
+        self._lip_sync_batch(self.generator(options.checkpoint), plan, batch, range(i, i + 1))
+        out = batch[0]  # our own array either way: the frame was decoded (or copied) for this call
+        x1, y1, x2, y2 = (int(v) for v in boxes[0])
+        for k in range(PREVIEW_BOX_THICKNESS):  # 1-px outlines inward: nothing outside the box changes
+            cv2.rectangle(out, (x1 + k, y1 + k), (x2 - 1 - k, y2 - 1 - k), PREVIEW_BOX_BGR, 1)
+        return out
 
 
 def _batches(frames: Iterable[np.ndarray], size: int) -> Iterator[tuple[int, list[np.ndarray]]]:
