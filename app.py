@@ -485,7 +485,7 @@ def _preview(values: dict[str, Any], progress: gr.Progress) -> np.ndarray:
 
 run_preview = endpoint(
     _preview, "run_preview", PREVIEW_FILES, LIPSYNC_PARAMS + PREVIEW_PARAMS,
-    "One frame of the lip sync, in seconds: the face box found (green) and the generated mouth pasted, at the "
+    "One frame of the lip sync, in a few seconds: the face box found (green) and the generated mouth pasted, at the "
     "chosen time, to check the settings (pads, face choice, fixed box) before the full run. A single frame "
     "cannot show the run's smoothing of the box over time.",
     "The frame (PNG) as the output will show it, with the padded face box drawn in green.")

@@ -406,7 +406,7 @@ class LipSync:
     # -- one frame: preview ---------------------------------------------------------------------------
     def preview(self, face: str | os.PathLike, audio: str | os.PathLike, at_seconds: float,
                 options: LipSyncOptions | None = None, *, voice: str | os.PathLike | None = None) -> np.ndarray:
-        """The output frame at ``at_seconds`` with its face box drawn: (H, W, 3) BGR uint8, in seconds.
+        """The output frame at ``at_seconds`` with its face box drawn: (H, W, 3) BGR uint8, without a run.
 
         Only that frame is worked on: the input frame the output shows then is decoded by seeking (after
         looping, as ``loop`` says); the face is detected on it alone as the preset sees it (shrunk to
