@@ -1,10 +1,10 @@
 """The Space: a Gradio UI over the lip-sync engine (``lipsync``) and the SyncNet evaluator (``syncnet``).
 
-This is the only file that imports gradio. Handlers (``lipsync``, ``evaluate``) are plain functions of
-their inputs: the UI, the named API endpoints ``/lipsync`` and ``/evaluate`` and the tests all call the
-same code. Importing this module loads and downloads nothing: models load once, on first use, and are
-shared by every request of the process; weights are fetched in a background thread when the app is
-built, and the page shows their status.
+This is the only file that imports gradio. Handlers (``lipsync``, ``preview``, ``evaluate``) are plain
+functions of their inputs: the UI, the named API endpoints ``/lipsync``, ``/preview`` and ``/evaluate`` and
+the tests all call the same code. Importing this module loads and downloads nothing: models load once,
+on first use, and are shared by every request of the process; weights are fetched in a background
+thread when the app is built, and the page shows their status.
 
 Run: ``python app.py [--host HOST] [--port PORT] [--share] [--mcp]``. Environment: see ``Settings``.
 """
@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import gradio as gr
+import numpy as np
 import pandas as pd
 import torch
 from gradio.utils import get_upload_folder
@@ -57,6 +58,7 @@ EXAMPLES = Path(__file__).resolve().parent / "examples"
 WEIGHT_NAMES = ("wav2lip_gan", "wav2lip", "s3fd", "syncnet_v2", "sfd_face")
 # ZeroGPU grants a GPU for at most this long per call; a 120 s clip takes well under a minute on a GPU
 GPU_SECONDS = 120
+PREVIEW_GPU_SECONDS = 20  # one frame: a shorter request waits less in ZeroGPU's queue
 OUTPUT_DIR_NAME = "lipsync-outputs"
 
 
@@ -210,16 +212,27 @@ class ScoreCache:
                 self._items.popitem(last=False)
 
 
-def _on_gpu(fn: Callable) -> Callable:
+def _on_gpu(fn: Callable, seconds: int = GPU_SECONDS) -> Callable:
     """Wrap GPU work with spaces.GPU on ZeroGPU hardware; a no-op elsewhere."""
-    return spaces.GPU(duration=GPU_SECONDS)(fn) if spaces is not None else fn
+    return spaces.GPU(duration=seconds)(fn) if spaces is not None else fn
 
 
 @_on_gpu
-def _synthesize(face: Path, audio: Path, output: Path, options: LipSyncOptions) -> LipSyncResult:
+def _synthesize(face: Path, audio: Path, output: Path, options: LipSyncOptions,
+                voice: Path | None = None) -> LipSyncResult:
     models = Models.shared()
     with models.engine_lock:
-        return models.engine().run(face, audio, output, options)
+        return models.engine().run(face, audio, output, options, voice=voice)
+
+
+def _render_preview(face: Path, audio: Path, at_seconds: float, options: LipSyncOptions,
+                    voice: Path | None = None) -> np.ndarray:
+    models = Models.shared()
+    with models.engine_lock:
+        return models.engine().preview(face, audio, at_seconds, options, voice=voice)
+
+
+_render_preview = _on_gpu(_render_preview, PREVIEW_GPU_SECONDS)
 
 
 @_on_gpu
@@ -363,13 +376,25 @@ LIPSYNC_FILES = {
     "face_video": "Video of a face (mp4, mov, mkv, webm, avi...); give this or face_image.",
     "face_image": "Still photo of a face (jpg, png, webp), used when face_video is empty.",
     "audio": "Speech (wav, mp3, m4a, flac, ogg, or a video whose audio is used); its length sets the output's.",
+    "voice": "Optional: speech that drives the lips while `audio` is what the output plays (e.g. a song's "
+             "vocals, with the full mix as audio); as long as audio, within one frame.",
 }
 EVALUATE_FILES = {
     "video": "The video to score (with its audio).",
     "reference_video": "Optional second video scored beside it (e.g. the original before lip sync).",
 }
+@dataclass(frozen=True)
+class PreviewTime:
+    """/preview's own parameter, declared like the options."""
+
+    at_seconds: float = option(0.0, "Time in the output, in seconds, of the frame to preview.", "Preview at (s)",
+                               minimum=0)
+
+
+PREVIEW_FILES = LIPSYNC_FILES
 LIPSYNC_PARAMS = optspec.parameters(LipSyncOptions)
 INPUT_SCORING_PARAMS = optspec.parameters(InputScoring)
+PREVIEW_PARAMS = optspec.parameters(PreviewTime)
 # /lipsync's scoring options carry a score_ prefix (score_mode...); min_track was documented without it.
 # The Lip sync tab scores as a quick check, with faces detected on every 5th frame (about 3x faster:
 # a 10 s 720p clip scores in ~20 s instead of ~60 s on 2 CPU cores) in the hardware's fast precision;
@@ -413,31 +438,45 @@ def options_from(cls: type, values: dict[str, Any], params: list[Parameter]) -> 
 
 
 # -- handlers (the named API endpoints) ---------------------------------------------------------------
-def _lipsync(values: dict[str, Any], progress: gr.Progress) -> tuple[str, str, dict[str, Any]]:
-    settings = Settings.from_env()
-    face_video, face_image, audio = values["face_video"], values["face_image"], values["audio"]
-    face = face_video or face_image
+def _face_and_audio(values: dict[str, Any]) -> tuple[str, str, str | None]:
+    """``(face, audio, voice)`` of a /lipsync or /preview request; gr.Error when one is missing."""
+    face = values["face_video"] or values["face_image"]
     if not face:
         raise gr.Error("Give a face: upload a video or a photo (or record one with the webcam).")
-    if not audio:
+    if not values["audio"]:
         raise gr.Error("Give the speech: upload an audio file or record one with the microphone.")
+    return face, values["audio"], values.get("voice") or None
+
+
+def _check_inputs(values: dict[str, Any], settings: Settings) -> MediaInfo:
+    """The limits of every file of a /lipsync or /preview request; the face's MediaInfo."""
+    face, audio, voice = _face_and_audio(values)
+    face_info = check_input(face, settings, "face video" if values["face_video"] else "face photo")
+    check_input(audio, settings, "audio", audio=True)
+    if voice:
+        check_input(voice, settings, "voice track", audio=True)
+    return face_info
+
+
+def _lipsync(values: dict[str, Any], progress: gr.Progress) -> tuple[str, str, dict[str, Any]]:
+    settings = Settings.from_env()
+    face, audio, voice = _face_and_audio(values)
+    face_video = values["face_video"]
     folder: Path | None = None
     try:
-        face_info = check_input(face, settings, "face video" if face_video else "face photo")
-        check_input(audio, settings, "audio", audio=True)
+        face_info = _check_inputs(values, settings)
         options = options_from(LipSyncOptions, values, LIPSYNC_PARAMS)
         score_input = options_from(InputScoring, values, INPUT_SCORING_PARAMS).score_input
         scoring = options_from(EvalOptions, values, SCORE_PARAMS)
         folder = request_dir(settings)
         output = folder / f"{_safe_stem(face)}_lipsync.mp4"
         progress(0, desc="lip sync")
-        result = _synthesize(Path(face), Path(audio), output, options)
+        result = _synthesize(Path(face), Path(audio), output, options, Path(voice) if voice else None)
         progress(0, desc="scoring the result")
-        out_scores = _result_dict(*_score_safely(output, scoring))
-        in_scores = None
+        scored = {"output": _score_safely(output, scoring)}
         if score_input and face_video and face_info.has_audio:
             progress(0, desc="scoring the input")
-            in_scores = _result_dict(*_score_safely(Path(face_video), scoring))
+            scored["input"] = _score_safely(Path(face_video), scoring)
     except LipSyncError as exc:
         if folder is not None:
             shutil.rmtree(folder, ignore_errors=True)
@@ -447,6 +486,8 @@ def _lipsync(values: dict[str, Any], progress: gr.Progress) -> tuple[str, str, d
             shutil.rmtree(folder, ignore_errors=True)
         raise
 
+    out_scores = _result_dict(*scored["output"])
+    in_scores = _result_dict(*scored["input"]) if "input" in scored else None
     rows = [("lip-synced output", out_scores)] + ([("input, with its own audio", in_scores)] if in_scores else [])
     summary = [f"**{result.n_frames} frames, {result.fps:g} fps, {result.duration:.2f} s, "
                f"{result.width}x{result.height}.**", _scores_markdown(rows)]
@@ -457,6 +498,10 @@ def _lipsync(values: dict[str, Any], progress: gr.Progress) -> tuple[str, str, d
         "no_face_ranges": [list(r) for r in result.no_face_ranges],
         "n_frames": result.n_frames, "fps": result.fps, "duration": result.duration,
         "timings": {k: round(v, 3) for k, v in result.timings.items()},
+        # the before/after plot's points, [time (s), confidence, series]: in the JSON, so that /lipsync
+        # keeps its three outputs for API callers and a private follow-up event fills the plot
+        "curve": [row for series, (video_result, _) in scored.items() if video_result is not None
+                  for row in confidence_rows(video_result, series)],
     }
     return str(output), "\n\n".join(summary), details
 
@@ -465,8 +510,31 @@ run_lipsync = endpoint(
     _lipsync, "run_lipsync", LIPSYNC_FILES, LIPSYNC_PARAMS + INPUT_SCORING_PARAMS + SCORE_PARAMS,
     "Lip-sync a face video (or a still photo) to a speech track with Wav2Lip, then score the result.",
     'The lip-synced MP4 (H.264 + AAC); a Markdown summary (scores, frames without a face); and the same as JSON: '
-    '{"output": scores, "input": scores or null, "no_face_ranges", "n_frames", "fps", "duration", "timings"}, '
-    'where scores = {"lse_d", "lse_c", "offset", "tracks", "messages"}.')
+    '{"output": scores, "input": scores or null, "no_face_ranges", "n_frames", "fps", "duration", "timings", '
+    '"curve"}, where scores = {"lse_d", "lse_c", "offset", "tracks", "messages"} and curve lists the sync '
+    'confidence over time of the output and the scored input as [time (s), confidence, "output" or "input"].')
+
+
+def _preview(values: dict[str, Any], progress: gr.Progress) -> np.ndarray:
+    settings = Settings.from_env()
+    face, audio, voice = _face_and_audio(values)
+    try:
+        _check_inputs(values, settings)
+        options = options_from(LipSyncOptions, values, LIPSYNC_PARAMS)
+        at_seconds = options_from(PreviewTime, values, PREVIEW_PARAMS).at_seconds
+        progress(0, desc="preview")
+        frame = _render_preview(Path(face), Path(audio), at_seconds, options, Path(voice) if voice else None)
+    except LipSyncError as exc:
+        raise gr.Error(str(exc), title="Cannot preview this") from exc
+    return np.ascontiguousarray(frame[..., ::-1])  # BGR -> RGB for the image
+
+
+run_preview = endpoint(
+    _preview, "run_preview", PREVIEW_FILES, LIPSYNC_PARAMS + PREVIEW_PARAMS,
+    "One frame of the lip sync, in a few seconds: the face box found (green) and the generated mouth pasted, at the "
+    "chosen time, to check the settings (pads, face choice, fixed box) before the full run. A single frame "
+    "cannot show the run's smoothing of the box over time.",
+    "The frame (PNG) as the output will show it, with the padded face box drawn in green.")
 
 CURVE_COLUMNS = ["time (s)", "confidence", "series"]
 TABLE_COLUMNS = ["video", "track", "first frame", "last frame", "LSE-D", "LSE-C", "offset"]
@@ -497,9 +565,7 @@ def _evaluate(values: dict[str, Any], progress: gr.Progress) -> tuple[pd.DataFra
         for i, track in enumerate(result.tracks):
             table.append([name, i, track.first_frame, track.last_frame, _rounded(track.lse_d),
                           _rounded(track.lse_c), track.offset])
-            series = f"{label} track {i}" if len(result.tracks) > 1 else label
-            for j, conf in enumerate(track.confidence):
-                curves.append([(track.first_frame + j) / VIDEO_FPS, float(conf), series])
+        curves += confidence_rows(result, label)
     if not summary:
         raise gr.Error("\n".join(errors), title="Cannot score this")
     text = _scores_markdown(summary)
@@ -513,6 +579,22 @@ run_evaluate = endpoint(
     "Score how well lips and speech agree in a video (SyncNet LSE-D / LSE-C / AV offset).",
     'A table with one row per video and face track (LSE-D: lower is better; LSE-C: higher is better; offset in '
     'frames); the sync confidence over time (columns "time (s)", "confidence", "series"); and a Markdown summary.')
+
+
+def confidence_rows(result: VideoResult, label: str) -> list[list[Any]]:
+    """``[time (s), confidence, series]`` per window of each face track; series = ``label`` (+ the track)."""
+    rows = []
+    for i, track in enumerate(result.tracks):
+        series = f"{label} track {i}" if len(result.tracks) > 1 else label
+        rows += [[(track.first_frame + j) / VIDEO_FPS, float(conf), series]
+                 for j, conf in enumerate(track.confidence)]
+    return rows
+
+
+def curve_from_details(details: dict[str, Any] | None) -> Any:
+    """The Lip sync tab's before/after plot from /lipsync's JSON (the UI's follow-up event)."""
+    rows = (details or {}).get("curve") or []
+    return curve_frame(rows) if rows else None
 
 
 def curve_frame(rows: list[list[Any]]) -> pd.DataFrame:
@@ -614,16 +696,29 @@ def build_demo(settings: Settings | None = None, status: WeightsStatus | None = 
                                               sources=["upload", "webcam", "clipboard"], elem_id="face-image")
                     audio = gr.Audio(label="Speech", type="filepath", sources=["upload", "microphone"],
                                      elem_id="audio")
+                    with gr.Accordion("Separate voice track (optional)", open=False, elem_id="voice-track"):
+                        voice = gr.Audio(label="Voice: drives the lips, while the output plays the Speech above "
+                                         "(e.g. a song's vocals, with the full mix as Speech); same length",
+                                         type="filepath", sources=["upload", "microphone"], elem_id="voice")
                     controls = option_controls(INPUT_SCORING_PARAMS)
                     with gr.Accordion("Advanced", open=False, elem_id="advanced"):
                         controls |= option_controls(LIPSYNC_PARAMS)
                         with gr.Accordion("Scoring options", open=False, elem_id="scoring-options"):
                             controls |= option_controls(SCORE_PARAMS)
-                    run_button = gr.Button("Lip sync", variant="primary", elem_id="run-lipsync")
+                    preview_controls = option_controls(PREVIEW_PARAMS)
+                    with gr.Row():
+                        preview_button = gr.Button("Preview one frame", elem_id="run-preview")
+                        run_button = gr.Button("Lip sync", variant="primary", elem_id="run-lipsync")
+                    # under the buttons, where the settings it checks are, not at the head of the other column
+                    preview_image = gr.Image(label="Preview: the face box (green) and the mouth at that time",
+                                             type="numpy", format="png", interactive=False, elem_id="preview-image")
                 with gr.Column():
                     out_video = gr.Video(label="Lip-synced video", interactive=False, buttons=["download"],
                                          elem_id="output-video")
                     out_summary = gr.Markdown(elem_id="lipsync-summary")
+                    lipsync_plot = gr.LinePlot(None, x="time (s)", y="confidence", color="series",
+                                               label="Sync confidence over time: output and input (before / after)",
+                                               elem_id="lipsync-plot")
                     with gr.Accordion("Details (JSON)", open=False):
                         out_details = gr.JSON(label="Details")
             if lipsync_rows:
@@ -647,11 +742,15 @@ def build_demo(settings: Settings | None = None, status: WeightsStatus | None = 
                 gr.Examples(evaluate_rows, [eval_video, eval_reference], cache_examples=False,
                             api_visibility="private")
 
-        lipsync_inputs = [face_video, face_image, audio] + [
+        lipsync_inputs = [face_video, face_image, audio, voice] + [
             controls[p.name] for p in LIPSYNC_PARAMS + INPUT_SCORING_PARAMS + SCORE_PARAMS]
         run_event = run_button.click(run_lipsync, inputs=lipsync_inputs, outputs=[out_video, out_summary, out_details],
                                      api_name="lipsync", **heavy)
         run_event.success(prefill_evaluate, [out_video, face_video], [eval_video, eval_reference], **light)
+        run_event.success(curve_from_details, out_details, lipsync_plot, **light)
+        preview_inputs = [face_video, face_image, audio, voice] + [controls[p.name] for p in LIPSYNC_PARAMS] + [
+            preview_controls[p.name] for p in PREVIEW_PARAMS]
+        preview_button.click(run_preview, inputs=preview_inputs, outputs=preview_image, api_name="preview", **heavy)
         evaluate_inputs = [eval_video, eval_reference] + [eval_controls[p.name] for p in EVALUATE_PARAMS]
         eval_button.click(run_evaluate, inputs=evaluate_inputs, outputs=[eval_table, eval_plot, eval_summary],
                           api_name="evaluate", **heavy)
@@ -699,7 +798,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--host", help="address to listen on (default 127.0.0.1, or $GRADIO_SERVER_NAME)")
     parser.add_argument("--port", type=int, help="port (default 7860, or $GRADIO_SERVER_PORT)")
     parser.add_argument("--share", action="store_true", help="also serve through a public gradio.live link")
-    parser.add_argument("--mcp", action="store_true", help="also expose /lipsync and /evaluate as MCP tools")
+    parser.add_argument("--mcp", action="store_true",
+                        help="also expose /lipsync, /preview and /evaluate as MCP tools")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.mcp and importlib.util.find_spec("mcp") is None:

@@ -25,6 +25,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("face", type=Path, help="video (mp4, mov, mkv, webm, avi) or image (jpg, png, webp) of a face")
     p.add_argument("audio", type=Path, help="speech: wav, mp3, m4a/aac, flac, ogg, or a video whose audio is used")
     p.add_argument("-o", "--outfile", type=Path, default=Path("results/result_voice.mp4"))
+    p.add_argument("--voice", type=Path, metavar="FILE",
+                   help="speech that drives the lips while AUDIO is what the output plays (e.g. a song's vocals, "
+                        "with the full mix as AUDIO); it must be as long as AUDIO, within one frame")
     optspec.add_arguments(p.add_argument_group("lip-sync options"), LipSyncOptions)
     p.add_argument("--weights-dir", type=Path,
                    help="folder with the checkpoints (else $LIPSYNC_WEIGHTS_DIR or the Hub)")
@@ -42,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
         options = optspec.from_namespace(LipSyncOptions, args)
         args.outfile.parent.mkdir(parents=True, exist_ok=True)
         result = LipSync(weights_dir=args.weights_dir, device=args.device).run(
-            args.face, args.audio, args.outfile, options)
+            args.face, args.audio, args.outfile, options, voice=args.voice)
     except LipSyncError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

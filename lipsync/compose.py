@@ -82,3 +82,14 @@ def paste(frame: np.ndarray, face_u8: np.ndarray, box: Sequence[float] | np.ndar
     mixed = target + alpha[band] * (resized[visible][band].astype(np.float32) - target)
     out[region][band] = np.clip(np.rint(mixed), 0, 255).astype(np.uint8)
     return out
+
+
+def crossfade(under: np.ndarray, over: np.ndarray, weight: float) -> np.ndarray:
+    """``weight`` of ``over`` laid on ``under`` (same shape, uint8), rounded: 1 gives ``over`` and 0
+    ``under``, exactly, so frames outside a fade stay bit for bit what they were."""
+    if weight >= 1:
+        return over
+    if weight <= 0:
+        return under
+    mixed = under.astype(np.float32) + np.float32(weight) * (over.astype(np.float32) - under.astype(np.float32))
+    return np.clip(np.rint(mixed), 0, 255).astype(np.uint8)

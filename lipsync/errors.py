@@ -19,3 +19,7 @@ class NoFaceError(LipSyncError):
 
 class WeightsError(LipSyncError):
     """A checkpoint that cannot be found, downloaded, verified or loaded."""
+
+
+class DependencyError(LipSyncError):
+    """A package that the chosen option needs is not installed."""

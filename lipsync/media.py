@@ -326,6 +326,10 @@ class VideoSource:
         """The frames, as ``iter_frames``."""
         return iter_frames(self.path, fps=fps)
 
+    def frame_at(self, seconds: float) -> np.ndarray:
+        """The frame shown ``seconds`` after the first, as ``frame_at`` (the first frame for an image)."""
+        return self.first_frame if self.info.is_image else frame_at(self.path, seconds)
+
 
 def _duration(container: InputContainer, stream: VideoStream) -> float | None:
     """Seconds of video: the stream's own length, else Matroska's per-track DURATION tag
@@ -472,6 +476,43 @@ def iter_frames(path: str | Path, *, fps: Fraction | int | float | None = None) 
             # A repeated bgr24 frame converts to a view of the same buffer as last time.
             yield array.copy() if frame is previous else np.ascontiguousarray(array)
             previous = frame
+
+
+def frame_at(path: str | Path, seconds: float) -> np.ndarray:
+    """The frame on screen ``seconds`` after the first frame starts, upright BGR uint8.
+
+    Seeks to the key frame at or before that time and decodes from there only, so a frame late in a
+    long video costs about as much as an early one. Past the end, the last frame.
+    """
+    path = _require_file(path)
+    if path.suffix.lower() in IMAGE_SUFFIXES and (image := _read_image(path)) is not None:
+        return image
+    with _open(path, _not_visual(path)) as container:
+        stream = _video_stream(container)
+        if stream is None:
+            raise InputError(f"{path.name} has no picture: upload a video or a photo of a face")
+        if _is_image_demuxer(container) or stream.frames == 1:
+            return next(iter_frames(path))
+        _check_complete(container, path)
+        stream.thread_type = "AUTO"
+        base = stream.time_base or Fraction(1, av.time_base)
+        origin = stream.start_time or 0  # in ``base`` units
+        target = origin + math.floor(Fraction(seconds) / base)
+        if target > origin:
+            container.seek(target, stream=stream, backward=True, any_frame=False)
+        chosen: VideoFrame | None = None
+        try:
+            for frame in container.decode(stream):
+                if chosen is not None and frame.pts is not None and frame.pts > target:
+                    break
+                chosen = frame
+        except av.FFmpegError as exc:
+            raise InputError(f"{path.name} is damaged: the frame at {seconds:.2f} s cannot be decoded "
+                             f"({exc.strerror}). Re-export or upload the video again") from exc
+        if chosen is None:
+            raise InputError(f"{path.name} has a video track without any frames: the file is damaged "
+                             "or truncated, upload it again")
+        return np.ascontiguousarray(_orientation_of(chosen).apply(chosen.to_ndarray(format="bgr24")))
 
 
 def _not_audio(path: Path) -> str:

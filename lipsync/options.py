@@ -86,6 +86,10 @@ class LipSyncOptions:
                                     "them.", "Cache face detections", negate="--no-cache",
                                     negate_help="Do not reuse or store face detections.", group="detection",
                                     advanced=True)
+    silence: Literal["animate", "keep"] = option(
+        "animate", "Where the speech is silent: animate (Wav2Lip on every frame, as the original) or keep (show "
+        "the input frames unchanged, with a short cross-fade; found by voice activity detection).",
+        "Silent stretches", group="look")
 
     def __post_init__(self) -> None:
         for name in ("pads", "crop", "box"):

@@ -29,9 +29,9 @@ import torch
 from tqdm.auto import tqdm
 
 from face_detection.detector import FaceDetector
-from lipsync import detcache, detect, faces, precision, weights
+from lipsync import detcache, detect, faces, precision, vad, weights
 from lipsync.audio import SAMPLE_RATE, mel_chunks, melspectrogram
-from lipsync.compose import paste
+from lipsync.compose import crossfade, paste
 from lipsync.errors import InputError, NoFaceError
 from lipsync.hashing import content_key, file_sha256
 from lipsync.media import VideoSource, VideoWriter, load_audio
@@ -53,6 +53,9 @@ CPU_GENERATOR_BATCH = 16
 RENDER_AHEAD = 64
 # Options that change which pixels the detector sees, hence its answers (the detection cache's key).
 DETECTION_SETTINGS = ("detection", "detect_every", "detect_size", "resize_factor", "rotate", "crop")
+# The face box drawn on a preview frame: pure green (BGR), which skin and hair hardly ever are.
+PREVIEW_BOX_BGR = (0, 255, 0)
+PREVIEW_BOX_THICKNESS = 2  # px
 
 
 @dataclass
@@ -161,21 +164,41 @@ class Speech:
     chunks: np.ndarray  # (n_out, 80, 16) mel windows, one per output frame
     track: np.ndarray  # (channels, n) the audio as it is muxed into the output
     rate: int
+    wav: np.ndarray | None = None  # (n,) 16 kHz mono: the speech the chunks come from (the voice track if any)
 
 
-def load_speech(path: Path, fps: float) -> Speech:
-    """The generator's mel chunks for ``fps`` output frames, and the audio track to mux."""
-    wav, _ = load_audio(path, sample_rate=SAMPLE_RATE, mono=True)
+def load_speech(path: Path, fps: float, voice: Path | None = None) -> Speech:
+    """The generator's mel chunks for ``fps`` output frames, and the audio track to mux.
+
+    With ``voice``, the chunks come from it and the track from ``path`` (a song's mix, say, with the
+    vocals alone as the voice); the two must last the same within one frame.
+    """
+    speech = path if voice is None else voice
+    wav, _ = load_audio(speech, sample_rate=SAMPLE_RATE, mono=True)
+    track, rate = load_audio(path, sample_rate=None, mono=False)
+    if voice is not None:
+        check_same_length(len(wav) / SAMPLE_RATE, track.shape[-1] / rate, fps)
     if not np.any(wav):
-        log.warning("the audio in %s is silent: the mouth will barely move", path.name)
+        log.warning("the audio in %s is silent: the mouth will barely move", speech.name)
     chunks = mel_chunks(melspectrogram(wav), fps)  # (N, 80, 16)
     # inference.py stops one chunk short of the audio's end (the muxed audio then outlasts the
     # picture by up to 16 mel frames, 0.2 s); repeat its final window so the video covers the audio
     cover = math.ceil(len(wav) / SAMPLE_RATE * fps - 1e-6)
     if cover > len(chunks):
         chunks = np.concatenate([chunks, np.repeat(chunks[-1:], cover - len(chunks), axis=0)])
-    track, rate = load_audio(path, sample_rate=None, mono=False)
-    return Speech(chunks, track, rate)
+    return Speech(chunks, track, rate, wav)
+
+
+def check_same_length(voice_seconds: float, audio_seconds: float, fps: float) -> None:
+    """InputError unless the voice track and the audio last the same within one frame (1 / fps s)."""
+    tolerance = 1 / fps
+    difference = abs(voice_seconds - audio_seconds)
+    if difference <= tolerance + 1e-9:
+        return
+    longer = "voice track" if voice_seconds > audio_seconds else "audio"
+    raise InputError(f"the voice track is {voice_seconds:.2f} s, the audio {audio_seconds:.2f} s (the {longer} is "
+                     f"{difference:.2f} s longer): they must be the same length within {tolerance:.2f} s; "
+                     "trim one of them")
 
 
 class FaceBoxes:
@@ -240,6 +263,9 @@ class Plan:
     n_used: int  # input frames the output shows (1 for a still)
     boxes: FaceBoxes
     watch: Stopwatch
+    # (n_out,) float32 share of the generated frame in each output frame (silence="keep": 0 = the input
+    # frame as it is, no generation); None = 1 everywhere
+    weights: np.ndarray | None = None
 
     @property
     def found(self) -> np.ndarray:
@@ -248,6 +274,10 @@ class Plan:
     @property
     def n_out(self) -> int:
         return len(self.speech.chunks)
+
+    def weight(self, i: int) -> float:
+        """How much of output frame ``i`` is the generated frame (1 unless silence="keep")."""
+        return 1.0 if self.weights is None else float(self.weights[i])
 
     def source(self, i: int) -> int:
         """The input frame output frame ``i`` shows."""
@@ -330,22 +360,32 @@ class LipSync:
             return self._detectors[dtype]
 
     def run(self, face: str | os.PathLike, audio: str | os.PathLike, output: str | os.PathLike,
-            options: LipSyncOptions | None = None, *, segments: Segments | None = None) -> LipSyncResult:
+            options: LipSyncOptions | None = None, *, voice: str | os.PathLike | None = None,
+            segments: Segments | None = None) -> LipSyncResult:
         """Lip-sync ``face`` (video or image) to ``audio`` and write ``output`` (.mp4/.mov/.mkv).
 
+        ``voice``, when given, drives the lips instead of ``audio``, which is still what the output plays.
         ``segments`` (H.264 outputs) also hands over playable pieces of the output as they are finished.
         """
-        plan = self.plan(Path(face), Path(audio), options or LipSyncOptions())
+        plan = self.plan(Path(face), Path(audio), options or LipSyncOptions(),
+                         voice=None if voice is None else Path(voice))
         return self.render(plan, Path(output), segments=segments)
 
     # -- stage 1: plan --------------------------------------------------------------------------------
-    def plan(self, face: Path, audio: Path, options: LipSyncOptions) -> Plan:
+    def plan(self, face: Path, audio: Path, options: LipSyncOptions, voice: Path | None = None) -> Plan:
         """Audio, chunks, frames and boxes. Raises the user's errors before any frame is generated: a
         video without any face is detected to its end first, so is every frame in strict mode."""
         watch = Stopwatch()
         frames = FaceFrames(face, options)
         with watch("audio"):
-            speech = load_speech(audio, frames.fps)
+            speech = load_speech(audio, frames.fps, voice)
+        weights = None
+        if options.silence == "keep":
+            with watch("voice activity"):
+                weights = vad.silence_weights(speech.wav, len(speech.chunks), frames.fps)
+            if not weights.any():
+                log.warning("no speech found in %s: the output shows the input frames unchanged",
+                            (voice or audio).name)
         n_used = frames.usable(len(speech.chunks))
         boxes = self.face_boxes(frames, n_used, watch)
         if not boxes.settle_first_face():
@@ -358,7 +398,7 @@ class LipSync:
             if missing:
                 raise NoFaceError(f"No face found in {faces.describe_ranges(missing, frames.fps)} of {frames.name} "
                                   "(strict mode): trim those frames, give a fixed box, or turn strict mode off")
-        return Plan(frames, options, speech, n_used, boxes, watch)
+        return Plan(frames, options, speech, n_used, boxes, watch, weights)
 
     def face_boxes(self, frames: FaceFrames, n_frames: int, watch: Stopwatch) -> FaceBoxes:
         """The boxes of the first ``n_frames`` input frames: fixed, from the cache, or detected as needed."""
@@ -420,7 +460,8 @@ class LipSync:
     def _lip_sync_batch(self, model: torch.nn.Module, plan: Plan, frames: list[np.ndarray],
                         indices: range) -> None:
         """Generate the mouths of one batch of output frames and paste them in place."""
-        boxes = {k: plan.boxes.boxes[plan.source(i)] for k, i in enumerate(indices) if plan.found[plan.source(i)]}
+        boxes = {k: plan.boxes.boxes[plan.source(i)] for k, i in enumerate(indices)
+                 if plan.found[plan.source(i)] and plan.weight(i) > 0}  # weight 0: the input frame as it is
         if not boxes:
             return
         crops = np.stack([cv2.resize(frames[k][y1:y2, x1:x2], (FACE_SIZE, FACE_SIZE))
@@ -430,7 +471,57 @@ class LipSync:
             mouths = generate(model, mels, crops, batch_size=CPU_GENERATOR_BATCH if self.device == "cpu" else None)
         with plan.watch("paste"):
             for (k, box), mouth in zip(boxes.items(), mouths, strict=True):
-                frames[k] = paste(frames[k], mouth, tuple(int(v) for v in box), blend=plan.options.blend)
+                pasted = paste(frames[k], mouth, tuple(int(v) for v in box), blend=plan.options.blend)
+                frames[k] = crossfade(frames[k], pasted, plan.weight(indices[k]))
+
+
+    # -- one frame: preview ---------------------------------------------------------------------------
+    def preview(self, face: str | os.PathLike, audio: str | os.PathLike, at_seconds: float,
+                options: LipSyncOptions | None = None, *, voice: str | os.PathLike | None = None) -> np.ndarray:
+        """The output frame at ``at_seconds`` with its face box drawn: (H, W, 3) BGR uint8, without a run.
+
+        Only that frame is worked on: the input frame the output shows then is decoded by seeking (after
+        looping, as ``loop`` says); the face is detected on it alone as the preset sees it (shrunk to
+        ``detect_size`` for fast, full size for original), or the fixed box is taken; the box is padded,
+        and the mouth generated from that frame's mel chunk is pasted (and faded as silence="keep" would)
+        by the code a run uses. The box drawn (PREVIEW_BOX_BGR) is the padded one the mouth goes into.
+        A single frame cannot be smoothed over time as a run smooths its boxes (a 5-frame average unless
+        nosmooth), nor bridged or interpolated from its neighbours, so a run's box may differ by a few
+        pixels; and where the detector misses this frame, a run may still bridge it.
+        """
+        options = options or LipSyncOptions()
+        if not math.isfinite(at_seconds) or at_seconds < 0:
+            raise InputError(f"the preview time must be a number of seconds from 0 on, not {at_seconds}")
+        watch = Stopwatch()
+        frames = FaceFrames(Path(face), options)
+        speech = load_speech(Path(audio), frames.fps, None if voice is None else Path(voice))
+        n_out = len(speech.chunks)
+        i = min(math.floor(at_seconds * frames.fps), n_out - 1)  # the output frame shown at that time
+        if frames.static:
+            frame = frames.first.copy()
+        else:
+            shown = source_index(i, frames.usable(n_out), options.loop)
+            frame = transform_frame(frames.video.frame_at((shown + 0.5) / frames.fps), options)
+        frame_hw = frame.shape[:2]
+        if options.box is not None:
+            boxes, found = faces.fixed_boxes(options.box, frame_hw, 1), np.ones(1, bool)
+        else:
+            dets = detect.detect_faces(self.detector(self.dtype(options)), [frame], 1, options)
+            boxes, found = faces.boxes_from_detections(dets, 1, options, frame_hw)
+        if not found[0]:
+            raise NoFaceError(
+                f"No face found in the frame at {i / frames.fps:.2f} s of {frames.name}: try another time, "
+                "detection 'original' (full resolution), or give a fixed box (top bottom left right)")
+        weights = vad.silence_weights(speech.wav, n_out, frames.fps) if options.silence == "keep" else None
+        # a plan of one input frame: output frame i shows it, and the run's own batch code paints it
+        plan = Plan(frames, options, speech, 1, FaceBoxes(1, options, frame_hw, watch, fixed=boxes), watch, weights)
+        batch = [frame]
+        self._lip_sync_batch(self.generator(options.checkpoint, self.dtype(options)), plan, batch, range(i, i + 1))
+        out = batch[0]  # our own array either way: the frame was decoded (or copied) for this call
+        x1, y1, x2, y2 = (int(v) for v in boxes[0])
+        for k in range(PREVIEW_BOX_THICKNESS):  # 1-px outlines inward: nothing outside the box changes
+            cv2.rectangle(out, (x1 + k, y1 + k), (x2 - 1 - k, y2 - 1 - k), PREVIEW_BOX_BGR, 1)
+        return out
 
 
 def _batches(frames: Iterable[np.ndarray], size: int) -> Iterator[tuple[int, list[np.ndarray]]]:

@@ -46,6 +46,40 @@ def speak(text: str, path: Path) -> Path:
     return path
 
 
+def sox(*args: str | Path) -> None:
+    """Run sox with an argument list (Debian package sox)."""
+    program = shutil.which("sox")
+    if program is None:
+        raise RuntimeError("sox is not installed: run `bash tests/install.sh` (Debian package sox)")
+    subprocess.run([program, *map(str, args)], check=True, capture_output=True)
+
+
+SILENCE_SECONDS = 2.0
+
+
+@pytest.fixture(scope="session")
+def gapped_speech(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, float, float]:
+    """Speech, then 2 s of digital silence made by sox, then speech (16 kHz mono WAV).
+
+    Returns ``(path, start, end)`` of the silence in seconds (espeak's own quiet lead-in and tail
+    make the real pause a little longer).
+    """
+    folder = tmp_path_factory.mktemp("gapped")
+    parts = []
+    for name, text in (("first", "Hello there, my friend."), ("second", "And I speak again.")):
+        speak(text, folder / f"{name}_22k.wav")
+        sox(folder / f"{name}_22k.wav", "-r", "16000", folder / f"{name}.wav")
+        parts.append(folder / f"{name}.wav")
+    silence = folder / "silence.wav"
+    sox("-n", "-r", "16000", "-c", "1", silence, "trim", "0.0", str(SILENCE_SECONDS))
+    out = folder / "speech_silence_speech.wav"
+    sox(parts[0], silence, parts[1], out)
+    import soundfile
+
+    start = soundfile.info(str(parts[0])).frames / 16000
+    return out, start, start + SILENCE_SECONDS
+
+
 @pytest.fixture(scope="session")
 def speech_wav(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return speak("Hello there, this is a lip sync test.", tmp_path_factory.mktemp("speech") / "speech.wav")

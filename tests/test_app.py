@@ -16,6 +16,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import av
+import cv2
+import numpy as np
 import pytest
 from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
@@ -91,11 +93,11 @@ def assert_scores(scores: dict) -> None:
 
 
 # -- through the API ---------------------------------------------------------------------------------------
-def test_api_lists_only_the_two_endpoints(client):
+def test_api_lists_only_the_three_endpoints(client):
     api = client.view_api(print_info=False, return_format="dict")
-    assert set(api["named_endpoints"]) == {"/lipsync", "/evaluate"}
+    assert set(api["named_endpoints"]) == {"/lipsync", "/preview", "/evaluate"}
     params = {p["parameter_name"] for p in api["named_endpoints"]["/lipsync"]["parameters"]}
-    assert {"face_video", "face_image", "audio", "checkpoint", "box", "score_input"} <= params
+    assert {"face_video", "face_image", "audio", "voice", "checkpoint", "box", "silence", "score_input"} <= params
     assert not api["unnamed_endpoints"]
 
 
@@ -110,6 +112,7 @@ def test_endpoints_take_exactly_the_options_with_their_defaults(client):
     assert {p.field for p in app.SCORE_PARAMS} == {p.field for p in app.EVALUATE_PARAMS} == names(app.EvalOptions)
     for endpoint, files, params in (
         ("/lipsync", app.LIPSYNC_FILES, app.LIPSYNC_PARAMS + app.INPUT_SCORING_PARAMS + app.SCORE_PARAMS),
+        ("/preview", app.PREVIEW_FILES, app.LIPSYNC_PARAMS + app.PREVIEW_PARAMS),
         ("/evaluate", app.EVALUATE_FILES, app.EVALUATE_PARAMS),
     ):
         seen = api[endpoint]["parameters"]
@@ -123,7 +126,7 @@ def test_endpoints_take_exactly_the_options_with_their_defaults(client):
 def test_ui_helper_events_are_private():
     dependencies = app.build_demo(app.Settings()).config["dependencies"]
     public = {d["api_name"] for d in dependencies if d["api_visibility"] != "private"}
-    assert public == {"lipsync", "evaluate"}
+    assert public == {"lipsync", "preview", "evaluate"}
 
 
 def test_lipsync_video(client):
@@ -135,6 +138,10 @@ def test_lipsync_video(client):
     assert_scores(details["input"])  # the example clip has its own speech
     assert details["no_face_ranges"] == []
     assert details["n_frames"] == round(details["duration"] * 25) and details["fps"] == 25
+    # the before/after plot's points ride in the JSON, so /lipsync keeps its three outputs
+    curve = details["curve"]
+    assert {series for _, _, series in curve} == {"output", "input"}
+    assert all(math.isfinite(t) and math.isfinite(c) for t, c, _ in curve)
 
 
 def test_the_input_is_scored_once_per_content(client, monkeypatch, tmp_path):
@@ -173,6 +180,31 @@ def test_lipsync_photo_without_input_scoring(client):
     assert_playable_mp4(video, SPEECH)
     assert_scores(details["output"])
     assert details["input"] is None  # a photo has no audio of its own
+
+
+def test_preview_returns_the_frame_with_the_box(client):
+    from lipsync.pipeline import PREVIEW_BOX_BGR
+
+    image = client.predict(face_video=handle_file(str(CLIP)), audio=handle_file(str(SPEECH)), box=FACE_BOX,
+                           at_seconds=1.5, api_name="/preview")
+    assert Path(image).suffix == ".png"
+    frame = cv2.imread(image)
+    assert frame.shape == (256, 256, 3)
+    top, bottom, left, right = (int(v) for v in FACE_BOX.split())
+    outline = np.concatenate([frame[top, left:right], frame[bottom - 1, left:right], frame[top:bottom, left],
+                              frame[top:bottom, right - 1]])
+    assert (outline == PREVIEW_BOX_BGR).all()
+
+
+def test_voice_track_of_another_length_gets_its_message(client, tmp_path):
+    import soundfile
+
+    short = tmp_path / "short voice.wav"
+    soundfile.write(short, np.zeros(16000, np.float32), 16000)
+    message = r"the voice track is 1.00 s, the audio 4.\d\d s \(the audio is 3.\d\d s longer\)"
+    with pytest.raises(AppError, match=message):
+        client.predict(face_video=handle_file(str(CLIP)), audio=handle_file(str(SPEECH)),
+                       voice=handle_file(str(short)), **FAST, api_name="/lipsync")
 
 
 def test_evaluate_two_videos(client):
@@ -270,6 +302,17 @@ def test_handlers_refuse_missing_inputs():
         app.run_evaluate()
     assert app.keep_one_face(None) is not None  # gr.skip(): leave the other input alone
     assert app.keep_one_face("x.mp4") is None
+
+
+def test_the_voice_track_is_held_to_the_limits(monkeypatch, tmp_path):
+    import soundfile
+
+    short = tmp_path / "short.wav"
+    soundfile.write(short, np.zeros(16000, np.float32), 16000)
+    monkeypatch.setenv("LIPSYNC_MAX_SECONDS", "2")
+    for handler in (app.run_lipsync, app.run_preview):
+        with pytest.raises(app.gr.Error, match=r"the voice track lasts 4.\d s; this app accepts up to 2 s"):
+            handler(face_image=str(STILL), audio=str(short), voice=str(SPEECH))
 
 
 def test_weights_status_reports_failures():

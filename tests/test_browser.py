@@ -60,6 +60,32 @@ def test_lip_sync_in_the_browser(page):
     page.screenshot(path=str(ARTIFACTS / "browser_lipsync.png"), full_page=True)
 
 
+def test_before_and_after_curves_after_the_lip_sync(page):
+    """Runs after the lip sync above: the input had its own speech, so both curves are drawn."""
+    page.wait_for_function(
+        "() => { const svg = document.querySelector('#lipsync-plot svg');"
+        " if (!svg) return false; const words = [...svg.querySelectorAll('text')].map(t => t.textContent);"
+        " return words.includes('output') && words.includes('input'); }",
+        timeout=60_000,
+    )
+    marks = page.locator("#lipsync-plot svg path[aria-roledescription='line mark']").count()
+    assert marks >= 2, marks
+    page.locator("#lipsync-plot").screenshot(path=str(ARTIFACTS / "browser_before_after.png"))
+
+
+def test_preview_in_the_browser(page):
+    """Uses the files and the fixed box the lip sync above left in the form."""
+    page.locator("#at-seconds input").fill("1.5")
+    page.locator("#run-preview").click()
+    page.locator("#preview-image img").scroll_into_view_if_needed(timeout=120_000)  # it loads lazily, in view
+    page.wait_for_function(
+        "() => { const img = document.querySelector('#preview-image img');"
+        " return img && img.complete && img.naturalWidth === 256; }",
+        timeout=30_000,
+    )
+    page.locator("#preview-image").screenshot(path=str(ARTIFACTS / "browser_preview.png"))
+
+
 def test_evaluate_tab_holds_the_result(page):
     """Runs after the lip sync above, on the same page."""
     page.get_by_role("tab", name="Evaluate").click()

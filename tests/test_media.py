@@ -23,6 +23,7 @@ from lipsync.errors import InputError
 from lipsync.media import (
     MediaInfo,
     VideoWriter,
+    frame_at,
     iter_frames,
     load_audio,
     orientation_from_matrix,
@@ -341,6 +342,23 @@ def test_repeated_frames_are_separate_arrays(tmp_path):
     assert len(frames) == round(3 / 10 * 25)
     frames[0][:] = 0  # drawing on one frame must not touch the repeats
     assert frames[1].any()
+
+
+def test_frame_at_seeks_to_the_frame_iter_frames_gives(tmp_path):
+    plain = write_clip(tmp_path / "plain.mp4", 60)
+    short_gop = tmp_path / "gop 12.mp4"  # key frames every 12 frames, so seeking lands before the target
+    ffmpeg("-i", plain, "-c:v", "libx264", "-g", "12", "-bf", "2", short_gop)
+    rotated = tmp_path / "rotated.mp4"
+    ffmpeg("-i", short_gop, "-c", "copy", "-metadata:s:v", "rotate=90", rotated)
+    ntsc = write_clip(tmp_path / "ntsc.mkv", 40, fps=NTSC)
+    for path, fps in ((short_gop, 25), (rotated, 25), (ntsc, float(NTSC))):
+        frames = list(iter_frames(path))
+        for j in (0, 1, 11, 12, 13, 30, len(frames) - 1):
+            np.testing.assert_array_equal(frame_at(path, (j + 0.5) / fps), frames[j], err_msg=f"{path.name} {j}")
+        np.testing.assert_array_equal(frame_at(path, 1000.0), frames[-1])  # past the end: the last frame
+    image = tmp_path / "still.png"
+    cv2.imwrite(str(image), pattern(30, 40))
+    np.testing.assert_array_equal(frame_at(image, 3.0), pattern(30, 40))
 
 
 def test_iter_frames_is_a_lazy_generator(tmp_path):

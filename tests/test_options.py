@@ -14,9 +14,9 @@ from lipsync.options import LipSyncOptions
 from syncnet.__main__ import build_parser as syncnet_parser
 from syncnet.options import EvalOptions
 
-# flags that are not options: where the weights are, the device, output and verbosity
-ENGINE_FLAGS = {"help", "face", "audio", "outfile", "weights_dir", "device", "quiet", "videos", "json", "syncnet",
-                "detector"}
+# flags that are not options: inputs, where the weights are, the device, output and verbosity
+ENGINE_FLAGS = {"help", "face", "audio", "voice", "outfile", "weights_dir", "device", "quiet", "videos", "json",
+                "syncnet", "detector"}
 
 
 def defaults(cls) -> dict:

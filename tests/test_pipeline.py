@@ -107,10 +107,16 @@ def test_real_face_with_speech_mp4(engine, planted, face_clip, speech_wav, tmp_p
     assert min(changed_mouth) > 5.0, "the mouth region was not regenerated"
 
 
-def test_mkv_is_lossless_outside_the_box(engine, face_clip, speech_wav, tmp_path):
-    out = tmp_path / "out.mkv"
+@pytest.fixture(scope="module")
+def boxed_mkv(engine, face_clip, speech_wav, tmp_path_factory):
+    """One run with the fixed box to a lossless .mkv: ``(result, output)``."""
+    out = tmp_path_factory.mktemp("boxed") / "out.mkv"
+    return engine.run(face_clip, speech_wav, out, LipSyncOptions(box=CLIP_BOX)), out
+
+
+def test_mkv_is_lossless_outside_the_box(boxed_mkv, face_clip):
+    result, out = boxed_mkv
     top, bottom, left, right = CLIP_BOX
-    result = engine.run(face_clip, speech_wav, out, LipSyncOptions(box=CLIP_BOX))
     s = streams(out)
     assert s["vcodec"] == "ffv1" and s["acodec"] in ("flac", "pcm_s16le")
     src = next(iter_frames(face_clip))
@@ -326,3 +332,118 @@ def test_silent_audio_is_a_documented_graceful_result(engine, face_clip, tmp_pat
     result = engine.run(face_clip, silence, tmp_path / "quiet.mp4", LipSyncOptions(box=CLIP_BOX))
     assert result.n_frames == 25 and probe(result.output).has_audio
     assert any("silent" in r.getMessage() for r in caplog.records)
+
+
+# -- silence="keep", a voice track, the one-frame preview ----------------------------------------------
+def test_silence_keep_shows_the_input_frames_in_a_silent_stretch(engine, face_image_bgr, gapped_speech, tmp_path):
+    audio, start, end = gapped_speech
+    seconds = len(load_audio(audio, sample_rate=16000)[0]) / 16000
+    clip = make_face_clip(tmp_path / "quiet face.mp4", face_image_bgr, None, seconds=seconds + 0.2)
+    out = tmp_path / "kept.mkv"  # lossless: the kept frames come back bit for bit
+    result = engine.run(clip, audio, out, LipSyncOptions(box=CLIP_BOX, silence="keep"))
+    assert "voice activity" in result.timings
+    src, dst = list(iter_frames(clip)), list(iter_frames(out))
+    assert len(dst) == result.n_frames
+    t = np.arange(len(dst)) / 25
+    # past the fade (0.2 s) and the generator's 0.2 s look-ahead at the far end: the input, exactly
+    silent = np.flatnonzero((t > start + 0.25) & (t < end - 0.45))
+    assert len(silent) > 25
+    for i in silent:
+        assert np.array_equal(dst[i], src[i]), f"frame {i} ({t[i]:.2f} s) inside the silence was changed"
+    wav = load_audio(audio, sample_rate=16000)[0]
+    voiced = [i for i in range(len(dst)) if np.sqrt(np.mean(wav[i * 640:(i + 1) * 640] ** 2)) > 0.05]
+    assert len(voiced) > 20
+    top, bottom, left, right = CLIP_BOX
+    for i in voiced:
+        assert not np.array_equal(dst[i][top:bottom, left:right], src[i][top:bottom, left:right]), i
+
+
+def test_silence_animate_is_the_default_and_runs_no_voice_activity(engine, face_clip, speech_wav):
+    assert LipSyncOptions().silence == "animate"
+    plan = engine.plan(face_clip, speech_wav, LipSyncOptions(box=CLIP_BOX))
+    assert plan.weights is None and plan.weight(0) == 1.0 and "voice activity" not in plan.watch.totals
+
+
+def _mix_with_tone(speech: Path, out: Path, *, trim: float = 0.0) -> Path:
+    import soundfile
+
+    wav, rate = load_audio(speech, sample_rate=None, mono=True)
+    wav = wav[:len(wav) - round(trim * rate)]
+    tone = 0.2 * np.sin(2 * np.pi * 440 * np.arange(len(wav)) / rate)
+    soundfile.write(out, (0.5 * wav + tone).astype(np.float32), rate)
+    return out
+
+
+def test_voice_drives_the_lips_and_audio_is_what_plays(engine, face_clip, speech_wav, tmp_path):
+    from lipsync.pipeline import load_speech
+
+    mix = _mix_with_tone(speech_wav, tmp_path / "mix.wav")
+    plan = engine.plan(face_clip, mix, LipSyncOptions(box=CLIP_BOX), voice=speech_wav)
+    alone = load_speech(speech_wav, 25.0)
+    np.testing.assert_array_equal(plan.speech.chunks, alone.chunks)
+    np.testing.assert_array_equal(plan.speech.track, load_audio(mix, sample_rate=None, mono=False)[0])
+    assert not np.array_equal(load_speech(mix, 25.0).chunks, alone.chunks)
+    short = _mix_with_tone(speech_wav, tmp_path / "short.wav", trim=0.02)  # within a frame (0.04 s): fine
+    assert engine.plan(face_clip, short, LipSyncOptions(box=CLIP_BOX), voice=speech_wav).n_out == plan.n_out
+
+
+def test_voice_of_another_length_is_refused_with_the_difference(engine, face_clip, speech_wav, tmp_path):
+    short = _mix_with_tone(speech_wav, tmp_path / "short.wav", trim=0.7)
+    seconds = len(load_audio(speech_wav, sample_rate=16000)[0]) / 16000
+    message = (rf"the voice track is {seconds:.2f} s, the audio {seconds - 0.7:.2f} s \(the voice track is 0.70 s "
+               r"longer\): they must be the same length within 0.04 s; trim one of them")
+    with pytest.raises(InputError, match=message):
+        engine.run(face_clip, short, tmp_path / "x.mp4", LipSyncOptions(box=CLIP_BOX), voice=speech_wav)
+    with pytest.raises(InputError, match=r"\(the audio is 0.70 s longer\)"):
+        engine.plan(face_clip, speech_wav, LipSyncOptions(box=CLIP_BOX), voice=short)
+    assert not (tmp_path / "x.mp4").exists()
+    proc = run_cli(face_clip, short, "-o", tmp_path / "c.mp4", "--voice", speech_wav, "--box", *map(str, CLIP_BOX))
+    assert proc.returncode == 2 and "error: the voice track is" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def box_outline(frame: np.ndarray, box: tuple[int, int, int, int]) -> np.ndarray:
+    """The pixels of the 1-px outline of ``box`` (x1 y1 x2 y2, exclusive ends)."""
+    x1, y1, x2, y2 = box
+    return np.concatenate([frame[y1, x1:x2], frame[y2 - 1, x1:x2], frame[y1:y2, x1], frame[y1:y2, x2 - 1]])
+
+
+def test_preview_is_the_run_s_frame_with_the_box_drawn(engine, boxed_mkv, face_clip, speech_wav):
+    from lipsync.pipeline import PREVIEW_BOX_BGR
+
+    _, out = boxed_mkv
+    top, bottom, left, right = CLIP_BOX
+    for at in (0.0, 1.3):
+        preview = engine.preview(face_clip, speech_wav, at, LipSyncOptions(box=CLIP_BOX))
+        i = int(at * 25)
+        frame = next(f for k, f in enumerate(iter_frames(out)) if k == i)
+        assert preview.shape == frame.shape and preview.dtype == np.uint8
+        assert (box_outline(preview, (left, top, right, bottom)) == PREVIEW_BOX_BGR).all()
+        inner = (slice(top + 2, bottom - 2), slice(left + 2, right - 2))  # inside the 2-px lines
+        # the run's own mouth: the run generates 16 faces a pass and the preview one, so the convolutions
+        # sum in another order and a pixel may round one level apart
+        assert np.abs(preview[inner].astype(int) - frame[inner]).max() <= 1
+        outside = np.ones(frame.shape[:2], bool)
+        outside[top:bottom, left:right] = False
+        assert np.array_equal(preview[outside], frame[outside])
+
+
+def test_preview_detects_on_its_frame_and_says_when_there_is_no_face(engine, planted, face_clip, speech_wav,
+                                                                    tmp_path):
+    from lipsync.pipeline import PREVIEW_BOX_BGR
+
+    src = next(iter_frames(face_clip))
+    (x1, y1, x2, y2, _), = CanvasDetector().detect([src])[0]
+    preview = engine.preview(face_clip, speech_wav, 0.0, LipSyncOptions(pads=(0, 10, 0, 0), cache_detections=False))
+    assert planted.calls == 1  # one frame detected, not the whole video
+    padded = (int(x1), int(y1), int(x2), min(240, int(y2) + 10))
+    assert (box_outline(preview, padded) == PREVIEW_BOX_BGR).all()
+    from lipsync.media import VideoWriter
+
+    blank = tmp_path / "blank.mp4"
+    with VideoWriter(blank, 64, 48, Fraction(25)) as w:
+        for _ in range(10):
+            w.write(np.full((48, 64, 3), 128, np.uint8))
+    with pytest.raises(NoFaceError, match="No face found in the frame at 0.20 s of blank.mp4"):
+        engine.preview(blank, speech_wav, 0.2)
+    with pytest.raises(InputError, match="preview time"):
+        engine.preview(face_clip, speech_wav, -1.0)
