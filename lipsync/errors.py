@@ -19,3 +19,7 @@ class NoFaceError(LipSyncError):
 
 class WeightsError(LipSyncError):
     """A checkpoint that cannot be found, downloaded, verified or loaded."""
+
+
+class DependencyError(LipSyncError):
+    """An optional package that the feature needs is not installed (the message names the install command)."""
