@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from lipsync import batchrun, optspec, weights
+from lipsync import batchrun, optspec
 from lipsync.__main__ import _prog, add_model_arguments
 from lipsync.errors import InputError, LipSyncError
 from lipsync.journal import ColumnType, beside
@@ -55,6 +55,7 @@ class LipSyncWorker:
     """A LipSync engine with its models loaded, making one output per task."""
 
     def __init__(self, spec: LipSyncWorkerSpec) -> None:
+        from lipsync import weights
         from lipsync.pipeline import LipSync
 
         self.options = spec.options

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from lipsync import batchrun, optspec, weights
+from lipsync import batchrun, optspec
 from lipsync.errors import InputError, LipSyncError
 from lipsync.expr import compile_filter
 from lipsync.journal import ColumnType, beside
@@ -60,6 +60,7 @@ class ScoreWorker:
     """A SyncNet evaluator with its models loaded, scoring one video per task."""
 
     def __init__(self, spec: ScoreWorkerSpec) -> None:
+        from lipsync import weights
         from syncnet.evaluate import SyncNetEvaluator
 
         self.options = spec.options
