@@ -188,7 +188,7 @@ class Pool:
                 actor, task = running.pop(ref)
                 try:
                     outcome = ray.get(ref)
-                except ray.exceptions.RayActorError as exc:
+                except ray.exceptions.RayError as exc:  # mostly RayActorError: the process died, retries spent
                     outcome = self._crashed(exc)
                     self._retire(actor)
                     actor, ready = self._start()
