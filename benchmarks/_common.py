@@ -189,6 +189,45 @@ def wait_for_quiet(max_wait_s: float, *, threshold: float = 0.10) -> float:
     return busy
 
 
+@dataclass
+class ProcessRun:
+    returncode: int
+    maxrss_mb: float  # ru_maxrss of the process, from wait4
+    wall_s: float
+    cpu_s: float  # user + system CPU seconds of the process (and of the children it reaped)
+    load_before: float
+    load_after: float
+    others_share: float
+
+
+def run_process(argv: Sequence[str], *, env: dict | None = None, timeout: float | None = None,
+                stdout: int | None = None) -> ProcessRun:
+    """Run ``argv`` from the repository root and measure it (wall time, CPU, peak RSS, others' CPU)."""
+    load_before = os.getloadavg()[0]
+    ticks0 = _cpu_ticks()
+    start = time.perf_counter()
+    proc = subprocess.Popen(list(argv), cwd=ROOT, env=env, stdout=stdout)
+    deadline = None if timeout is None else start + timeout
+    while True:
+        pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+        if pid:
+            break
+        if deadline is not None and time.perf_counter() > deadline:
+            proc.kill()
+            pid, status, usage = os.wait4(proc.pid, 0)
+            break
+        time.sleep(0.2)
+    proc.returncode = os.waitstatus_to_exitcode(status)  # Popen must not wait on a reaped child
+    wall = time.perf_counter() - start
+    ticks1 = _cpu_ticks()
+    # busy CPU time of the whole machine minus the process's own
+    hz = os.sysconf("SC_CLK_TCK")
+    machine_busy = ((ticks1[0] - ticks0[0]) - (ticks1[1] - ticks0[1])) / hz
+    cpu_s = usage.ru_utime + usage.ru_stime
+    others = max(0.0, machine_busy - cpu_s) / (wall * (os.cpu_count() or 1))
+    return ProcessRun(proc.returncode, usage.ru_maxrss / 1024, wall, cpu_s, load_before, os.getloadavg()[0], others)
+
+
 def run_child(module: str, spec: dict, *, timeout: float | None = None) -> ChildRun:
     """Run ``python -m module --child SPEC_JSON --result FILE`` in a fresh process; collect its JSON."""
     import tempfile
@@ -197,35 +236,13 @@ def run_child(module: str, spec: dict, *, timeout: float | None = None) -> Child
         result_path = Path(tmp) / "result.json"
         argv = [sys.executable, "-m", module, "--child", json.dumps(spec), "--result", str(result_path)]
         env = dict(os.environ, LIPSYNC_CACHE_DIR=str(Path(tmp) / "cache"))
-        load_before = os.getloadavg()[0]
-        ticks0 = _cpu_ticks()
-        start = time.perf_counter()
-        proc = subprocess.Popen(argv, cwd=ROOT, env=env)
-        deadline = None if timeout is None else start + timeout
-        while True:
-            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
-            if pid:
-                break
-            if deadline is not None and time.perf_counter() > deadline:
-                proc.kill()
-                pid, status, usage = os.wait4(proc.pid, 0)
-                break
-            time.sleep(0.2)
-        proc.returncode = os.waitstatus_to_exitcode(status)  # Popen must not wait on a reaped child
-        wall = time.perf_counter() - start
-        ticks1 = _cpu_ticks()
-        load_after = os.getloadavg()[0]
-        # busy CPU time of the whole machine minus the child's own
-        hz = os.sysconf("SC_CLK_TCK")
-        machine_busy = ((ticks1[0] - ticks0[0]) - (ticks1[1] - ticks0[1])) / hz
-        cpu_s = usage.ru_utime + usage.ru_stime
-        others = max(0.0, machine_busy - cpu_s) / (wall * (os.cpu_count() or 1))
-        if proc.returncode != 0 or not result_path.is_file():
-            result = {"error": f"child exited with status {proc.returncode} (see its output above)"}
+        run = run_process(argv, env=env, timeout=timeout)
+        if run.returncode != 0 or not result_path.is_file():
+            result = {"error": f"child exited with status {run.returncode} (see its output above)"}
         else:
             result = json.loads(result_path.read_text())
-    return ChildRun(result=result, maxrss_mb=usage.ru_maxrss / 1024, wall_s=wall,
-                    cpu_s=cpu_s, load_before=load_before, load_after=load_after, others_share=others)
+    return ChildRun(result=result, maxrss_mb=run.maxrss_mb, wall_s=run.wall_s, cpu_s=run.cpu_s,
+                    load_before=run.load_before, load_after=run.load_after, others_share=run.others_share)
 
 
 def dump_runs(path: Path, runs: Sequence[tuple[str, ChildRun]]) -> None:

@@ -1,4 +1,7 @@
-"""``python -m lipsync FACE AUDIO -o OUT.mp4``: the options of Wav2Lip's inference.py, and a few more."""
+"""``python -m lipsync FACE AUDIO -o OUT.mp4``: the options of Wav2Lip's inference.py, and a few more.
+
+``python -m lipsync batch PAIRS.csv --out-dir DIR`` lip-syncs many pairs on Ray (:mod:`lipsync.batch`).
+"""
 
 from __future__ import annotations
 
@@ -21,7 +24,9 @@ def _prog(package: str) -> str:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=_prog("lipsync"), description=(
         "Lip-sync a face video or photo to a speech track with Wav2Lip. The output container follows the "
-        "extension: .mp4 (H.264 + AAC, plays everywhere) or .mkv (lossless FFV1 + FLAC)."))
+        "extension: .mp4 (H.264 + AAC, plays everywhere) or .mkv (lossless FFV1 + FLAC)."),
+        epilog=f"Many pairs, resumable, on Ray: {_prog('lipsync')} batch --help (a face file named 'batch' is "
+               "./batch).")
     p.add_argument("face", type=Path, help="video (mp4, mov, mkv, webm, avi) or image (jpg, png, webp) of a face")
     p.add_argument("audio", type=Path, help="speech: wav, mp3, m4a/aac, flac, ogg, or a video whose audio is used")
     p.add_argument("-o", "--outfile", type=Path, default=Path("results/result_voice.mp4"))
@@ -29,14 +34,24 @@ def build_parser() -> argparse.ArgumentParser:
                    help="speech that drives the lips while AUDIO is what the output plays (e.g. a song's vocals, "
                         "with the full mix as AUDIO); it must be as long as AUDIO, within one frame")
     optspec.add_arguments(p.add_argument_group("lip-sync options"), LipSyncOptions)
-    p.add_argument("--weights-dir", type=Path,
-                   help="folder with the checkpoints (else $LIPSYNC_WEIGHTS_DIR or the Hub)")
-    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    add_model_arguments(p)
     p.add_argument("-q", "--quiet", action="store_true")
     return p
 
 
+def add_model_arguments(p: argparse.ArgumentParser) -> None:
+    """Where the checkpoints are and what runs them (the single-run and the batch command alike)."""
+    p.add_argument("--weights-dir", type=Path,
+                   help="folder with the checkpoints (else $LIPSYNC_WEIGHTS_DIR or the Hub)")
+    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["batch"]:
+        from lipsync.batch import main as batch_main
+
+        return batch_main(argv[1:])
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(levelname)s %(message)s")
     try:

@@ -22,4 +22,5 @@ class WeightsError(LipSyncError):
 
 
 class DependencyError(LipSyncError):
-    """A package that the chosen option needs is not installed."""
+    """An optional package that the chosen option or feature needs is not installed (the message says
+    how to install it)."""

@@ -38,6 +38,9 @@ DISTRIBUTION_OF = {
     "sklearn": "scikit-learn",
     "yaml": "pyyaml",
 }
+# Extras whose packages the installed packages import, only inside ``try: ... except ImportError``
+# (the core install works without them; the feature says which extra to install).
+LIBRARY_EXTRAS = ("batch",)
 # Imported only inside ``try: ... except ImportError``, so no dependency is declared for them; each
 # with the reason.
 OPTIONAL_IMPORTS = {
@@ -201,13 +204,14 @@ def test_every_third_party_import_has_a_declared_dependency(scope: str):
     files, requirements, where = SCOPES[scope]
     assert files, f"no source files found for {scope}"
     declared = {requirement_key(r)[0] for r in requirements}
+    extras = {requirement_key(r)[0] for r in library_extras()} if scope == "library" else set()
     problems = []
     for name, in_files in sorted(third_party_imports(files).items()):
         distribution = canonical(DISTRIBUTION_OF.get(name, name))
         if distribution in declared:
             continue
         unguarded = sorted(f for f, guarded in in_files.items() if not guarded)
-        if not unguarded and name in OPTIONAL_IMPORTS:
+        if not unguarded and (name in OPTIONAL_IMPORTS or distribution in extras):
             continue
         if not unguarded:
             problems.append(f"  {name!r} is imported only inside try/except ImportError in {sorted(in_files)}: "
@@ -219,10 +223,31 @@ def test_every_third_party_import_has_a_declared_dependency(scope: str):
     assert not problems, f"undeclared imports in the {scope}:\n" + "\n".join(problems)
 
 
+def library_extras() -> list[str]:
+    return [r for extra in LIBRARY_EXTRAS for r in PROJECT["optional-dependencies"][extra]]
+
+
+def test_library_extras_are_imported_guarded_and_installed_for_the_tests():
+    """The batch commands import ray and pyarrow lazily: each package of the extra is imported by some
+    library file, only inside try/except ImportError, and requirements-dev.txt installs it for the tests."""
+    found = third_party_imports(LIBRARY_FILES)
+    for requirement in library_extras():
+        name = requirement_key(requirement)[0]
+        files = {f: guarded for module, in_files in found.items()
+                 if canonical(DISTRIBUTION_OF.get(module, module)) == name for f, guarded in in_files.items()}
+        assert files, f"{requirement!r} is in a library extra but no library file imports it"
+        unguarded = sorted(f for f, guarded in files.items() if not guarded)
+        assert not unguarded, f"{unguarded} import {name} outside try/except ImportError: the core install lacks it"
+    dev = by_name(requirements_file(ROOT / "requirements-dev.txt"), "requirements-dev.txt")
+    for requirement in library_extras():
+        name = requirement_key(requirement)[0]
+        assert name in dev and requirement_key(dev[name]) == requirement_key(requirement), (
+            f"requirements-dev.txt must list {requirement!r} as pyproject.toml's extra does (the tests use it)")
+
+
 @pytest.mark.parametrize("scope", sorted(SCOPES))
 def test_every_declared_dependency_is_imported(scope: str):
-    """A dependency nothing imports only makes installs bigger (the 'batch' extra, for code still to come,
-    is not checked)."""
+    """A dependency nothing imports only makes installs bigger (the library's extras are checked above)."""
     files, requirements, _ = SCOPES[scope]
     own = PROJECT["dependencies"] if scope == "library" else PROJECT["optional-dependencies"]["app"]
     imported = {canonical(DISTRIBUTION_OF.get(name, name)) for name in third_party_imports(files)}
