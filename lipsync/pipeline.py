@@ -37,6 +37,7 @@ from lipsync.hashing import content_key, file_sha256
 from lipsync.media import VideoSource, VideoWriter, load_audio
 from lipsync.model import FACE_SIZE, generate, load_wav2lip
 from lipsync.options import FULL_FRAME, LipSyncOptions
+from lipsync.overlap import Prefetch, WriteBehind
 from lipsync.segments import Segments
 
 log = logging.getLogger(__name__)
@@ -48,6 +49,8 @@ FRAME_BUFFER_BYTES = 128 * 1024 * 1024
 # are no faster there, and their activations cost about 10 MB per face (a pass of 128 faces peaked
 # above 2 GB). Eval-mode BatchNorm works per face, so the output does not depend on it.
 CPU_GENERATOR_BATCH = 16
+# On a GPU, batches decoded ahead of and encoded behind the generator (see lipsync.overlap).
+OVERLAP_BATCHES = 2
 # The detection pass advances in steps of this many frames past what the render pass needs (each
 # step recomputes the settled boxes from the start, so not frame by frame).
 RENDER_AHEAD = 64
@@ -337,6 +340,8 @@ class LipSync:
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         if self.device == "cpu":
             log.warning("running on the CPU: expect about 20 frames/s for the generator on 2 cores")
+        # decode ahead and encode behind in threads on a GPU; on the CPU they would compete for its cores
+        self.overlap = self.device.startswith("cuda")
         self._generators: dict[tuple[str, torch.dtype], torch.nn.Module] = {}
         self._detectors: dict[torch.dtype, FaceDetector] = {}
         self._lock = threading.Lock()
@@ -436,18 +441,34 @@ class LipSync:
                 VideoWriter(output, face.width, face.height, face.fps_exact, audio=plan.speech.track,
                             audio_rate=plan.speech.rate, segments=segments) as writer, \
                 tqdm(total=plan.n_out, desc="lip sync", unit="frame") as bar:
-            frames = watch.timed_iter("decode", frames_in_output_order(plan, Path(tmp)))
-            for start, batch in _batches(frames, per_batch):
-                indices = range(start, start + len(batch))
-                plan.boxes.settle(max(plan.source(i) for i in indices) + 1)
-                no_face[indices] = ~plan.found[[plan.source(i) for i in indices]]
-                self._lip_sync_batch(model, plan, batch, indices)
-                with watch("encode"):
-                    for frame in batch:
-                        writer.write(frame)
-                bar.update(len(batch))
-            with watch("encode"):
-                writer.close()
+            frames: Iterable[np.ndarray] = frames_in_output_order(plan, Path(tmp))
+            if self.overlap:
+                frames = Prefetch(frames, depth=OVERLAP_BATCHES * per_batch)
+
+            def write(batch: list[np.ndarray]) -> None:
+                for frame in batch:
+                    writer.write(frame)
+
+            behind = WriteBehind(write, depth=OVERLAP_BATCHES) if self.overlap else None
+            try:
+                for start, batch in _batches(watch.timed_iter("decode", frames), per_batch):
+                    indices = range(start, start + len(batch))
+                    plan.boxes.settle(max(plan.source(i) for i in indices) + 1)
+                    no_face[indices] = ~plan.found[[plan.source(i) for i in indices]]
+                    self._lip_sync_batch(model, plan, batch, indices)
+                    if behind is not None:
+                        behind.put(batch)
+                    else:
+                        with watch("encode"):
+                            write(batch)
+                    bar.update(len(batch))
+                with watch("encode"):  # on a GPU: only the wait for the last batches
+                    if behind is not None:
+                        behind.finish()
+                    writer.close()
+            finally:
+                if behind is not None:
+                    behind.abort()
         ranges = faces.true_runs(no_face)
         message = f"No face found in {faces.describe_ranges(ranges, face.fps)}: those frames were left unchanged" \
             if ranges else ""

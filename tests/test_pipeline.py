@@ -211,6 +211,18 @@ def test_segments_are_handed_over_while_the_run_goes_on(engine, face_clip, speec
         np.testing.assert_array_equal(got, want)
 
 
+def test_decoding_ahead_and_encoding_behind_give_the_same_output(engine, face_clip, speech_wav, tmp_path,
+                                                                 monkeypatch):
+    """The GPU path's threads (forced on here, on the CPU) change nothing in the output."""
+    engine.run(face_clip, speech_wav, tmp_path / "plain.mkv", LipSyncOptions(box=CLIP_BOX))
+    monkeypatch.setattr(engine, "overlap", True)
+    result = engine.run(face_clip, speech_wav, tmp_path / "overlap.mkv", LipSyncOptions(box=CLIP_BOX))
+    frames = list(iter_frames(tmp_path / "overlap.mkv"))
+    assert len(frames) == result.n_frames
+    for got, want in zip(frames, iter_frames(tmp_path / "plain.mkv"), strict=True):
+        np.testing.assert_array_equal(got, want)
+
+
 def test_no_face_frames_pass_through_and_strict_stops(engine, planted, face_image_bgr, speech_wav, tmp_path):
     import cv2
 
