@@ -17,10 +17,12 @@ batch of 224x224 crops per track. Memory therefore stays flat however long the v
 What is and is not reproduced of the reference's media round trips: the frames SyncNet sees went
 through ffmpeg's image2 JPEG writer at its default quality (rate control at 200 kb/s), then
 OpenCV; ``jpeg_roundtrip=True`` (default) does the same in-process (same encoder and settings, see
-:class:`syncnet.crops.JpegRoundTrip`). Not reproduced: run_pipeline's intermediate MPEG-4 AVI at
-``-qscale 2`` and its quality-2 JPEG frames (near lossless), and the XVID crop video written by
-OpenCV before that last JPEG step. Audio is decoded to 16 kHz mono and rounded to int16 as
-``ffmpeg -acodec pcm_s16le -ar 16000 -ac 1`` does.
+:class:`syncnet.crops.JpegRoundTrip`). In whole-frame mode the encoder gets the decoder's own YUV
+frames, as ffmpeg does, so for 8-bit 4:2:0 video the frames are the reference's pixel for pixel.
+Not reproduced: run_pipeline's intermediate MPEG-4 AVI at ``-qscale 2`` and its quality-2 JPEG
+frames (near lossless), and the XVID crop video written by OpenCV before that last JPEG step.
+Audio is decoded to 16 kHz mono and rounded to int16 as ``ffmpeg -acodec pcm_s16le -ar 16000 -ac 1``
+does, keeping every decoded sample (an AAC track's final padding too), as ffmpeg does.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -43,7 +46,7 @@ from face_detection.tracking import Track
 from face_detection.winograd import DEFAULT_BLOCK
 from lipsync.detect import load_detector
 from lipsync.errors import InputError
-from lipsync.media import MediaInfo, VideoSource, load_audio
+from lipsync.media import MediaInfo, VideoSource, audio_duration, load_audio
 from syncnet import scenes
 from syncnet.constants import AUDIO_RATE, CROP_SIZE, SAMPLES_PER_FRAME, VIDEO_FPS, WINDOW_FRAMES
 from syncnet.crops import JpegRoundTrip, crop_face, smooth_track
@@ -214,7 +217,9 @@ class _Scoring:
             tracks, n_frames = self.score_whole_frames(audio)
         else:
             tracks, n_frames = self.score_tracks(audio)
-        audio_s, video_s = audio.size / AUDIO_RATE, n_frames / VIDEO_FPS
+        # the track's declared length: the decoded samples may run on by the codec's padding
+        audio_s = audio_duration(self.video.path, whole_file=False) or audio.size / AUDIO_RATE
+        video_s = n_frames / VIDEO_FPS
         if abs(audio_s - video_s) >= 1 / VIDEO_FPS:
             self.messages.append(f"audio ({audio_s:.2f} s) and video ({video_s:.2f} s) differ in length; "
                                  "only the overlap is scored")
@@ -227,7 +232,9 @@ class _Scoring:
             messages=self.messages, timings=self.timings)
 
     def load_audio(self) -> np.ndarray:
-        samples, _ = load_audio(self.video.path, sample_rate=AUDIO_RATE, mono=True)
+        # every decoded sample, the last AAC frame's padding too, as the reference's ffmpeg extracts
+        # them: the padding can add a window
+        samples, _ = load_audio(self.video.path, sample_rate=AUDIO_RATE, mono=True, trim_padding=False)
         audio = to_int16(samples)
         if not audio.any():
             raise InputError(f"the audio of {self.name} is silent (every sample is zero): a lip-sync score "
@@ -237,10 +244,9 @@ class _Scoring:
                              f"at least {MIN_FRAMES} frames ({MIN_FRAMES / VIDEO_FPS:.2f} s) of speech")
         return audio
 
-    def frames(self, desc: str):
-        """The video at 25 fps, with a progress bar."""
-        return tqdm(self.video.frames(fps=VIDEO_FPS), total=_expected_frames(self.info), desc=desc, unit="frame",
-                    disable=not self.progress)
+    def progress_bar(self, frames: Iterable, desc: str) -> Iterable:
+        """The video's frames at 25 fps, with a progress bar."""
+        return tqdm(frames, total=_expected_frames(self.info), desc=desc, unit="frame", disable=not self.progress)
 
     def lip_windows(self, limit: int) -> LipWindows:
         ev = self.evaluator
@@ -252,13 +258,15 @@ class _Scoring:
         lips = self.lip_windows(audio.size // SAMPLES_PER_FRAME - WINDOW_FRAMES)
         jpeg = JpegRoundTrip() if self.options.jpeg_roundtrip else None
         n_frames = 0
-        for frame in self.frames("syncnet"):
+        # the reference wrote the decoder's frames to JPEG, then resized what OpenCV read back
+        frames = self.video.video_frames(fps=VIDEO_FPS) if jpeg is not None else self.video.frames(fps=VIDEO_FPS)
+        for frame in self.progress_bar(frames, "syncnet"):
             n_frames += 1
             if lips.full:  # the audio has ended: only count the frames
                 lips.push(None)
                 continue
             if jpeg is not None:
-                frame = jpeg(frame)  # the reference wrote full frames to JPEG, then resized
+                frame = jpeg.decoded(*frame)
             lips.push(cv2.resize(frame, (CROP_SIZE, CROP_SIZE), interpolation=cv2.INTER_LINEAR))
         _check_length(self.name, n_frames)
         lip_feat = lips.finish()

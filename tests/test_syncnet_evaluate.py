@@ -193,6 +193,29 @@ def test_whole_frame_on_a_real_clip(evaluator: SyncNetEvaluator, short_clip: Pat
     assert direct.lse_d != result.lse_d and not direct.jpeg_roundtrip
 
 
+GOLDEN_LSE = json.loads((REPO / "tests" / "data" / "golden" / "lse_whole_frame.json").read_text())
+
+
+@pytest.mark.parametrize("name", sorted(GOLDEN_LSE["videos"]))
+def test_whole_frame_scores_match_the_reference_script(evaluator: SyncNetEvaluator, name: str):
+    """The LRS2 script's numbers for lip-synced outputs of a still photo and of a moving video (golden README §3)."""
+    expected = GOLDEN_LSE["videos"][name]
+    video = REPO / "tests" / "data" / "golden" / "lse_whole_frame" / name
+    from lipsync.hashing import file_sha256
+
+    assert file_sha256(video) == expected["sha256"]
+    assert file_sha256(evaluator.weights_dir / "syncnet_v2.model") == GOLDEN_LSE["weights_sha256"]
+    result = evaluator.evaluate(video, EvalOptions(mode="whole-frame"), progress=False)
+    track, = result.tracks
+    assert result.n_frames == expected["jpeg_frames"]
+    # min(frames, audio samples // 640) - 5: the AAC padding the reference decodes adds a window here
+    assert track.n_windows == min(expected["jpeg_frames"], expected["audio_samples"] // 640) - 5
+    assert track.offset == expected["offset"]
+    assert track.lse_d == pytest.approx(expected["lse_d"], rel=1e-5)
+    assert track.lse_c == pytest.approx(expected["lse_c"], abs=1e-3)
+    assert result.messages == []  # the decoded padding is not taken for a longer audio track
+
+
 def test_tracks_with_random_detector_weights_find_no_face(evaluator: SyncNetEvaluator, short_clip: Path):
     with pytest.raises(NoFaceError, match="whole-frame"):
         evaluator.evaluate(short_clip, progress=False)
