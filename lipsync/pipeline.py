@@ -297,6 +297,7 @@ class LipSync:
         frame_hw = (frames.height, frames.width)
         if options.box is not None:
             return faces.fixed_boxes(options.box, frame_hw, n_frames), np.ones(n_frames, bool)
+        detect.check_detectable(frame_hw, frames.name, options)
         key = self._cache_key(frames, n_frames) if options.cache_detections else None
         dets = detcache.load(key) if key else None
         if dets is None:

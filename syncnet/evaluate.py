@@ -55,7 +55,7 @@ from syncnet.fused import FusedSyncNet
 from syncnet.model import load_syncnet
 from syncnet.options import MIN_FRAMES, MIN_TRACK, MODES, EvalOptions, Mode  # noqa: F401 - the public names
 from syncnet.score import score_features, window_count
-from syncnet.tracks import detect_pass, select_tracks
+from syncnet.tracks import check_detectable, detect_pass, select_tracks
 
 log = logging.getLogger(__name__)
 
@@ -277,6 +277,7 @@ class _Scoring:
 
     # -- track mode ----------------------------------------------------------------------------------
     def score_tracks(self, audio: np.ndarray) -> tuple[list[TrackResult], int]:
+        check_detectable(self.name, self.info.width, self.info.height, self.options.facedet_scale)
         tic = time.perf_counter()
         dets, scene_scores = detect_pass(self.video.frames(fps=VIDEO_FPS), self.evaluator.detector, self.options,
                                          total=_expected_frames(self.info), progress=self.progress)
