@@ -485,6 +485,73 @@ def prefill_evaluate(output_video: str | None, face_video: str | None) -> tuple[
     return output_video, face_video
 
 
+# -- malformed requests get this app's own message -----------------------------------------------------
+# A gr.Error raised while Gradio prepares an input reaches gradio_client as it is; any other
+# exception there only as "The upstream Gradio app has raised an exception but has not enabled
+# verbose error reporting" (gradio's Blocks.preprocess_data). Arguments given in the wrong order
+# (a number where a file goes, a sound as the photo) fail right there.
+FILE_KINDS = {"video": "a video file", "image": "a still image (jpg, png, webp)", "audio": "an audio file"}
+ORDER_HINT = ("check the order of the arguments ({order}; view_api() lists them) or pass them by name, "
+              "files as handle_file('path or URL')")
+LIPSYNC_ORDER = "/lipsync takes " + ", ".join(LIPSYNC_FILES) + ", then the options"
+EVALUATE_ORDER = "/evaluate takes " + ", ".join(EVALUATE_FILES) + ", then the options"
+
+
+def checked_by_the_handler(component: gr.components.Component) -> gr.components.Component:
+    """An option control that hands its value over as it came: ``optspec.from_parameters`` checks it
+    in the handler, with a message naming the parameter (Gradio's own checks would say "Value 0.5
+    is not in the list of choices" or fail on a string given to a number)."""
+    component.preprocess = lambda payload: payload
+    return component
+
+
+def readable_file_input(component: gr.components.Component, param: str, order: str) -> gr.components.Component:
+    """A file input whose refusals name the API parameter and what it takes.
+
+    Gradio validates the payload against the component's data model (a FileData dict) before its
+    ``preprocess`` runs, so both are wrapped: a non-file payload and a file the component cannot
+    read (an audio file given as the photo) become gr.Error.
+    """
+    kind = FILE_KINDS[component.get_block_name()]
+    hint = ORDER_HINT.format(order=order)
+
+    def refuse(what: str) -> gr.Error:
+        return gr.Error(f"{param} takes {kind}, but got {what}: {hint}", title="Check the request")
+
+    base = component.data_model
+
+    class Checked(base):  # type: ignore[misc, valid-type]
+        __doc__ = base.__doc__
+        model_config = {"title": base.__name__}  # the API schema keeps its name
+
+        @classmethod
+        def model_validate(cls, obj: Any, **kwargs: Any) -> Any:
+            try:
+                return super().model_validate(obj, **kwargs)
+            except ValueError:  # pydantic's ValidationError
+                raise refuse(_shown(obj)) from None
+
+    component.data_model = Checked
+    gradio_preprocess = component.preprocess
+
+    def preprocess(payload: Any) -> Any:
+        try:
+            return gradio_preprocess(payload)
+        except gr.Error:
+            raise
+        except Exception as exc:  # whatever the component's reader raises on a file it cannot read
+            name = Path(getattr(payload, "path", None) or "the file").name
+            raise refuse(f"{name}, which is not one ({exc.__class__.__name__})") from exc
+
+    component.preprocess = preprocess
+    return component
+
+
+def _shown(value: Any) -> str:
+    text = repr(value)
+    return f"{type(value).__name__} {text if len(text) <= 60 else text[:57] + '...'}"
+
+
 # -- UI ------------------------------------------------------------------------------------------------
 INTRO = """# Wav2Lip lip sync
 Make a face video (or a photo) speak any audio with [Wav2Lip](https://github.com/Rudrabha/Wav2Lip), then check
@@ -513,13 +580,14 @@ def _component(param: Parameter, elem_prefix: str) -> gr.components.Component:
     info = param.spec.help if not param.part else None  # a tuple's parts share one help text: show it once
     common = {"label": param.label, "info": info, "elem_id": elem_prefix + param.name.replace("_", "-")}
     if param.kind == "bool":
-        return gr.Checkbox(param.default, **common)
+        return checked_by_the_handler(gr.Checkbox(param.default, **common))
     if param.kind == "choice":
-        return gr.Radio(list(param.choices), value=param.default, **common)
+        return checked_by_the_handler(gr.Radio(list(param.choices), value=param.default, **common))
     if param.kind == "numbers":
-        return gr.Textbox(param.default, placeholder=param.placeholder, **common)
+        return checked_by_the_handler(gr.Textbox(param.default, placeholder=param.placeholder, **common))
     bounds = {"minimum": param.spec.minimum, "maximum": param.spec.maximum}
-    return gr.Number(param.default, precision=0 if param.element is int else None, min_width=120, **common, **bounds)
+    return checked_by_the_handler(
+        gr.Number(param.default, precision=0 if param.element is int else None, min_width=120, **common, **bounds))
 
 
 def option_controls(params: list[Parameter], elem_prefix: str = "") -> dict[str, gr.components.Component]:
@@ -601,6 +669,10 @@ def build_demo(settings: Settings | None = None, status: WeightsStatus | None = 
                 gr.Examples(evaluate_rows, [eval_video, eval_reference], cache_examples=False,
                             api_visibility="private")
 
+        for component, param in ((face_video, "face_video"), (face_image, "face_image"), (audio, "audio")):
+            readable_file_input(component, param, LIPSYNC_ORDER)
+        for component, param in ((eval_video, "video"), (eval_reference, "reference_video")):
+            readable_file_input(component, param, EVALUATE_ORDER)
         lipsync_inputs = [face_video, face_image, audio] + [
             controls[p.name] for p in LIPSYNC_PARAMS + INPUT_SCORING_PARAMS + SCORE_PARAMS]
         run_event = run_button.click(run_lipsync, inputs=lipsync_inputs, outputs=[out_video, out_summary, out_details],

@@ -172,6 +172,63 @@ def test_bad_input_gives_the_message_and_the_app_keeps_serving(client, tmp_path)
     assert "LSE-D" in summary
 
 
+GENERIC = "has not enabled verbose error reporting"
+MISUSES = {
+    # keyword calls with a wrong value in one slot
+    "sound as the photo": ({"face_image": "SPEECH", "audio": "SPEECH"}, r"face_image takes a still image .*speech.wav"),
+    "number as the video": ({"face_video": 0.5, "audio": "SPEECH"}, r"face_video takes a video file, but got float"),
+    "path string as the video": ({"face_video": "clip.mp4", "audio": "SPEECH"}, r"face_video .* handle_file"),
+    "number as the audio": ({"face_image": "STILL", "audio": 3.0}, r"audio takes an audio file, but got float 3.0"),
+    "word as a number": ({"face_image": "STILL", "audio": "SPEECH", "fps": "fast"}, r"fps must be a number, not 'fa"),
+    "list as a number": ({"face_image": "STILL", "audio": "SPEECH", "fps": [1]}, r"fps must be a number"),
+    "number as a choice": ({"face_image": "STILL", "audio": "SPEECH", "checkpoint": 0.5},
+                           r"checkpoint must be one of wav2lip_gan, wav2lip, not 0.5"),
+    "word as a switch": ({"face_image": "STILL", "audio": "SPEECH", "nosmooth": "yes"},
+                         r"nosmooth must be true or false, not 'yes'"),
+    "number as the box": ({"face_image": "STILL", "audio": "SPEECH", "box": 3.5}, r"box .* needs 4 numbers"),
+    "out of bounds": ({"face_image": "STILL", "audio": "SPEECH", "fps": 1000}, r"fps must be at most 120, not 1000"),
+    "fraction for a whole number": ({"face_image": "STILL", "audio": "SPEECH", "face_index": 1.5},
+                                    r"face_index must be a whole number"),
+}
+
+
+def _files(kwargs: dict) -> dict:
+    named = {"SPEECH": SPEECH, "STILL": STILL, "CLIP": CLIP}
+    return {k: handle_file(str(named[v])) if isinstance(v, str) and v in named else v for k, v in kwargs.items()}
+
+
+@pytest.mark.parametrize("case", sorted(MISUSES))
+def test_misused_calls_get_the_apps_message(client, case):
+    kwargs, message = MISUSES[case]
+    with pytest.raises(AppError, match=message) as err:
+        client.predict(**_files({"box": FACE_BOX, **kwargs}), score_input=False, api_name="/lipsync")
+    assert GENERIC not in str(err.value)
+
+
+def test_arguments_in_the_wrong_order_get_the_apps_message(client):
+    """Positional calls: the audio where the photo goes, a number where a choice goes, a number as the video."""
+    with pytest.raises(AppError, match=r"face_image takes .*/lipsync takes face_video, face_image, audio"):
+        client.predict(handle_file(str(CLIP)), handle_file(str(SPEECH)), api_name="/lipsync")
+    with pytest.raises(AppError, match=r"checkpoint must be one of"):
+        client.predict(handle_file(str(CLIP)), None, handle_file(str(SPEECH)), 0.5, api_name="/lipsync")
+    with pytest.raises(AppError, match=r"video takes a video file, but got int 3: .*/evaluate takes video"):
+        client.predict(3, api_name="/evaluate")
+    with pytest.raises(AppError, match=r"speech.wav has sound but no picture"):
+        client.predict(handle_file(str(CLIP)), handle_file(str(SPEECH)), mode="whole-frame", api_name="/evaluate")
+    _, _, summary = client.predict(video=handle_file(str(CLIP)), mode="whole-frame", api_name="/evaluate")
+    assert "LSE-D" in summary
+
+
+def test_readable_inputs_keep_the_api_schema():
+    """The wrapped data models describe the same payloads under the same names."""
+    demo = app.build_demo(app.Settings())
+    info = demo.get_api_info()["named_endpoints"]["/lipsync"]["parameters"]
+    plain = {"face_video": app.gr.Video(), "face_image": app.gr.Image(type="filepath"), "audio": app.gr.Audio()}
+    for param in info[:3]:
+        assert param["type"] == plain[param["parameter_name"]].api_info(), param["parameter_name"]
+        assert param["python_type"]["type"] == "filepath"
+
+
 def test_engine_error_reaches_the_user_and_leaves_no_files(client):
     """An error the engine raises mid-request (a box outside the frame) is shown as is; nothing is left."""
     root = Path(app.get_upload_folder()) / app.OUTPUT_DIR_NAME
