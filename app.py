@@ -33,14 +33,20 @@ import pandas as pd
 import torch
 from gradio.utils import get_upload_folder
 
+from face_detection.s3fd import S3FD
+from face_detection.sfd_face import SFDFace
+from lipsync import model as wav2lip_model
 from lipsync import optspec, weights
 from lipsync.errors import InputError, LipSyncError
 from lipsync.media import MediaInfo, audio_duration, probe
+from lipsync.model import Wav2Lip
 from lipsync.options import LipSyncOptions
 from lipsync.optspec import Parameter, option
 from lipsync.pipeline import LipSync, LipSyncResult
+from syncnet import model as syncnet_model
 from syncnet.constants import VIDEO_FPS
 from syncnet.evaluate import SyncNetEvaluator, VideoResult
+from syncnet.model import SyncNet
 from syncnet.options import EvalOptions
 
 try:  # Hugging Face ZeroGPU hardware: GPU work must run inside functions wrapped by spaces.GPU
@@ -195,12 +201,31 @@ def _score(path: Path, options: EvalOptions) -> VideoResult:
 
 
 # -- weights status ------------------------------------------------------------------------------------
+# What each checkpoint must fit: (network, its name in messages, keys the file may lack)
+CHECKPOINT_NETWORKS: dict[str, tuple[Callable[[], torch.nn.Module], str, tuple[str, ...]]] = {
+    "wav2lip_gan": (Wav2Lip, wav2lip_model.LABEL, ()),
+    "wav2lip": (Wav2Lip, wav2lip_model.LABEL, ()),
+    "s3fd": (S3FD, "S3FD (s3fd)", ()),
+    "syncnet_v2": (SyncNet, syncnet_model.LABEL, syncnet_model.OPTIONAL_KEYS),
+    "sfd_face": (SFDFace, "S3FD (sfd_face)", ()),
+}
+
+
+def check_weights(name: str) -> Path:
+    """Resolve (download) a checkpoint and check that it reads and fits its network, cheaply: the file
+    is memory-mapped and compared by key names and shapes with the network built on the meta device."""
+    network, label, optional = CHECKPOINT_NETWORKS[name]
+    with torch.device("meta"):
+        model = network()
+    return weights.check_file(name, model, label=label, optional_suffixes=optional)
+
+
 @dataclass
 class WeightsStatus:
-    """Resolves every checkpoint in a background thread (downloads unless LIPSYNC_WEIGHTS_DIR is set)."""
+    """Fetches and checks every checkpoint in a background thread (downloads unless LIPSYNC_WEIGHTS_DIR is set)."""
 
     names: Sequence[str] = WEIGHT_NAMES
-    resolve: Callable[[str], Path] = weights.resolve
+    check: Callable[[str], Path] = check_weights
     state: dict[str, tuple[str, str]] = field(default_factory=dict)  # name -> (pending|ok|error, detail)
     _thread: threading.Thread | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -217,7 +242,7 @@ class WeightsStatus:
     def _run(self) -> None:
         for name in self.names:
             try:
-                path = self.resolve(name)
+                path = self.check(name)
             except LipSyncError as exc:
                 log.error("weights %s: %s", name, exc)
                 self.state[name] = ("error", str(exc))
@@ -235,7 +260,7 @@ class WeightsStatus:
             lines.append("Weights are being fetched in the background; a request made now waits for them.")
         for name, (kind, detail) in self.state.items():
             if kind == "error":
-                lines.append(f"- **{name} is missing**: {detail}")
+                lines.append(f"- **{name} cannot be used**: {detail}")
         return "\n\n".join(lines)
 
 

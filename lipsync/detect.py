@@ -65,8 +65,9 @@ def load_detector(name_or_path: str | os.PathLike, variant: Variant, *, device: 
     raised the peak RSS from 1330 to 1491 MB (the transformed kernels are 4x the weights).
     """
     path = weights.resolve(name_or_path, weights_dir=weights_dir)
+    fix = weights.how_to_replace(name_or_path, path, weights_dir=weights_dir)
     try:
-        return FaceDetector(weights.load_state_dict(path), variant=variant, device=device, winograd=winograd)
+        return FaceDetector(weights.load_state_dict(path, fix=fix), variant=variant, device=device, winograd=winograd)
     except ValueError as exc:  # face_detection reports a checkpoint that does not fit the net this way
         raise WeightsError(f"{path.name}: {exc}") from exc
 

@@ -305,13 +305,44 @@ def test_weights_status_reports_failures():
             raise WeightsError("could not get the s3fd weights from the Hugging Face Hub; put 's3fd.pth' ...")
         return Path(f"/w/{name}")
 
-    status = app.WeightsStatus(names=("wav2lip", "s3fd"), resolve=resolve)
+    status = app.WeightsStatus(names=("wav2lip", "s3fd"), check=resolve)
     assert "fetching" in status.markdown() and not status.done()
     status.start()
     status._thread.join(5)
     assert status.done()
     text = status.markdown()
-    assert "`wav2lip` ready" in text and "**s3fd is missing**: could not get the s3fd weights" in text
+    assert "`wav2lip` ready" in text and "**s3fd cannot be used**: could not get the s3fd weights" in text
+
+
+@pytest.mark.parametrize(("bad", "how", "says"), [
+    ("wav2lip_gan.pth", "truncated", "incomplete or damaged; replace it with a complete copy"),
+    ("sfd_face.pth", "flipped", "fails its CRC check); replace it with a complete copy"),
+    ("s3fd.pth", "pickle payload", "refused checkpoint"),
+    ("syncnet_v2.model", "other network", "SyncNet (syncnet_v2): checkpoint lacks"),
+])
+def test_weights_status_checks_the_files(weights_dir, tmp_path, monkeypatch, bad, how, says):
+    """The page's weights status runs the same checks as loading: a damaged file shows as FAILED."""
+    import torch
+
+    from tests.test_weights import Payload, damage, weights_folder
+
+    folder = weights_folder(tmp_path, weights_dir, bad, "empty")
+    if how == "pickle payload":
+        torch.save({"conv1_1.weight": torch.zeros(1), "x": Payload(tmp_path / "ran")}, folder / bad)
+    elif how == "other network":
+        (folder / bad).unlink()
+        (folder / bad).symlink_to(weights_dir / "s3fd.pth")
+    else:
+        (folder / bad).write_bytes(damage((weights_dir / bad).read_bytes(), how))
+    monkeypatch.setenv("LIPSYNC_WEIGHTS_DIR", str(folder))
+    status = app.WeightsStatus()
+    status.start()
+    status._thread.join(60)
+    text = status.markdown()
+    name = bad.split(".")[0]
+    assert f"`{name}` FAILED" in text and text.count("FAILED") == 1, text
+    assert f"**{name} cannot be used**" in text and says in text and str(folder / bad) in text, text
+    assert not (tmp_path / "ran").exists()
 
 
 def test_examples_are_small_and_well_formed():
