@@ -37,7 +37,7 @@ from face_detection.s3fd import S3FD
 from face_detection.sfd_face import SFDFace
 from lipsync import model as wav2lip_model
 from lipsync import optspec, weights
-from lipsync.errors import InputError, LipSyncError
+from lipsync.errors import Cancelled, InputError, LipSyncError
 from lipsync.media import MediaInfo, audio_duration, probe
 from lipsync.model import Wav2Lip
 from lipsync.options import LipSyncOptions
@@ -54,6 +54,16 @@ try:  # Hugging Face ZeroGPU hardware: GPU work must run inside functions wrappe
 except ImportError:
     spaces = None
 
+
+def _on_zero_gpu() -> bool:
+    """spaces.GPU runs functions in another process (arguments pickled) only on ZeroGPU hardware,
+    which the package reads from SPACES_ZERO_GPU; elsewhere it returns the function itself."""
+    if spaces is None:
+        return False
+    from spaces.config import Config
+
+    return bool(Config.zero_gpu)
+
 log = logging.getLogger("app")
 
 EXAMPLES = Path(__file__).resolve().parent / "examples"
@@ -61,6 +71,7 @@ WEIGHT_NAMES = ("wav2lip_gan", "wav2lip", "s3fd", "syncnet_v2", "sfd_face")
 # ZeroGPU grants a GPU for at most this long per call; a 120 s clip takes well under a minute on a GPU
 GPU_SECONDS = 120
 OUTPUT_DIR_NAME = "lipsync-outputs"
+StopCheck = Callable[[], bool]  # asked by the engine and the evaluator as they go: True stops the run
 
 
 # -- settings ------------------------------------------------------------------------------------------
@@ -187,17 +198,39 @@ def _on_gpu(fn: Callable) -> Callable:
 
 
 @_on_gpu
-def _synthesize(face: Path, audio: Path, output: Path, options: LipSyncOptions) -> LipSyncResult:
+def _synthesize(face: Path, audio: Path, output: Path, options: LipSyncOptions,
+                should_stop: StopCheck | None = None) -> LipSyncResult:
     models = Models.shared()
     with models.engine_lock:
-        return models.engine().run(face, audio, output, options)
+        return models.engine().run(face, audio, output, options, should_stop=should_stop)
 
 
 @_on_gpu
-def _score(path: Path, options: EvalOptions) -> VideoResult:
+def _score(path: Path, options: EvalOptions, should_stop: StopCheck | None = None) -> VideoResult:
     models = Models.shared()
     with models.evaluator_lock:
-        return models.evaluator().evaluate(path, options)
+        return models.evaluator().evaluate(path, options, should_stop=should_stop)
+
+
+def client_gone(request: gr.Request | None) -> StopCheck | None:
+    """True once the request's client has disconnected, for the engine to stop and free the models.
+
+    Gradio marks a session's running events dead when its event stream closes, but offers no
+    public way to ask; this reads its queue (tests/test_app.py checks it still works). None where
+    there is no request (direct calls) and on ZeroGPU, whose GPU functions get pickled arguments
+    in another process, where the queue cannot be seen.
+    """
+    connection = getattr(request, "request", None)
+    session = getattr(request, "session_hash", None)
+    if connection is None or session is None or _on_zero_gpu():
+        return None
+    queue = connection.app.get_blocks()._queue
+
+    def gone() -> bool:
+        events = [e for job in queue.active_jobs if job for e in job if e.session_hash == session]
+        return bool(events) and not any(e.alive for e in events)
+
+    return gone
 
 
 # -- weights status ------------------------------------------------------------------------------------
@@ -316,10 +349,11 @@ def _finite_or_none(value: float | None) -> float | None:
     return float(value) if value is not None and math.isfinite(value) else None
 
 
-def _score_safely(path: Path, options: EvalOptions) -> tuple[VideoResult | None, str | None]:
+def _score_safely(path: Path, options: EvalOptions,
+                  should_stop: StopCheck | None = None) -> tuple[VideoResult | None, str | None]:
     """Scores, or the evaluator's message when the video cannot be scored (no face track, no audio...)."""
     try:
-        return _score(path, options), None
+        return _score(path, options, should_stop), None
     except LipSyncError as exc:
         return None, str(exc)
 
@@ -363,22 +397,28 @@ def endpoint(body: Callable[..., Any], name: str, files: dict[str, str], params:
     """A Gradio handler whose signature and docstring list ``files`` then ``params``.
 
     Gradio names the API parameters after the signature and shows the docstring; Python callers may
-    pass them by keyword too. The function calls ``body(values, progress)``, values keyed by name.
+    pass them by keyword too. The function calls ``body(values, progress, should_stop)``, values keyed
+    by name; ``should_stop`` (see ``client_gone``) is None when nothing can tell that the client left.
     """
     P = inspect.Parameter
     signature = inspect.Signature(
         [P(n, P.POSITIONAL_OR_KEYWORD, default=None) for n in files]
         + [P(p.name, P.POSITIONAL_OR_KEYWORD, default=p.default) for p in params]
-        + [P("progress", P.POSITIONAL_OR_KEYWORD, default=gr.Progress(track_tqdm=True))])
+        + [P("request", P.POSITIONAL_OR_KEYWORD, default=None, annotation=gr.Request),
+           P("progress", P.POSITIONAL_OR_KEYWORD, default=gr.Progress(track_tqdm=True))])
 
     def handler(*args: Any, **kwargs: Any) -> Any:
         bound = signature.bind(*args, **kwargs)
         bound.apply_defaults()
         values = dict(bound.arguments)
         progress = values.pop("progress")
-        return body(values, progress)
+        try:
+            return body(values, progress, client_gone(values.pop("request")))
+        except Cancelled:  # nobody is listening any more; this only ends the event quietly
+            raise gr.Error("The request was stopped: its client disconnected.") from None
 
     handler.__signature__ = signature
+    handler.__annotations__ = {"request": gr.Request}  # Gradio finds the parameter it fills in by type
     args = [f"{n}: {text}" for n, text in files.items()] + optspec.describe(params)
     handler.__doc__ = (summary + "\n\nArgs:\n" + "\n".join(f"    {line}" for line in args)
                        + f"\n\nReturns:\n    {returns}")
@@ -392,7 +432,8 @@ def options_from(cls: type, values: dict[str, Any], params: list[Parameter]) -> 
 
 
 # -- handlers (the named API endpoints) ---------------------------------------------------------------
-def _lipsync(values: dict[str, Any], progress: gr.Progress) -> tuple[str, str, dict[str, Any]]:
+def _lipsync(values: dict[str, Any], progress: gr.Progress,
+             should_stop: StopCheck | None) -> tuple[str, str, dict[str, Any]]:
     settings = Settings.from_env()
     face_video, face_image, audio = values["face_video"], values["face_image"], values["audio"]
     face = face_video or face_image
@@ -410,13 +451,13 @@ def _lipsync(values: dict[str, Any], progress: gr.Progress) -> tuple[str, str, d
         folder = request_dir(settings)
         output = folder / f"{_safe_stem(face)}_lipsync.mp4"
         progress(0, desc="lip sync")
-        result = _synthesize(Path(face), Path(audio), output, options)
+        result = _synthesize(Path(face), Path(audio), output, options, should_stop)
         progress(0, desc="scoring the result")
-        out_scores = _result_dict(*_score_safely(output, scoring))
+        out_scores = _result_dict(*_score_safely(output, scoring, should_stop))
         in_scores = None
         if score_input and face_video and face_info.has_audio:
             progress(0, desc="scoring the input")
-            in_scores = _result_dict(*_score_safely(Path(face_video), scoring))
+            in_scores = _result_dict(*_score_safely(Path(face_video), scoring, should_stop))
     except LipSyncError as exc:
         if folder is not None:
             shutil.rmtree(folder, ignore_errors=True)
@@ -451,7 +492,8 @@ CURVE_COLUMNS = ["time (s)", "confidence", "series"]
 TABLE_COLUMNS = ["video", "track", "first frame", "last frame", "LSE-D", "LSE-C", "offset"]
 
 
-def _evaluate(values: dict[str, Any], progress: gr.Progress) -> tuple[pd.DataFrame, pd.DataFrame, str]:
+def _evaluate(values: dict[str, Any], progress: gr.Progress,
+              should_stop: StopCheck | None) -> tuple[pd.DataFrame, pd.DataFrame, str]:
     settings = Settings.from_env()
     videos = [(label, path) for label, path in (("A", values["video"]), ("B", values["reference_video"])) if path]
     if not videos:
@@ -467,7 +509,7 @@ def _evaluate(values: dict[str, Any], progress: gr.Progress) -> tuple[pd.DataFra
     for label, path in videos:
         name = f"{label}: {Path(path).name}"
         progress(0, desc=f"scoring video {label}")
-        result, error = _score_safely(Path(path), options)
+        result, error = _score_safely(Path(path), options, should_stop)
         if result is None:
             errors.append(f"{name}: {error}")
             continue

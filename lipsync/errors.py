@@ -19,3 +19,10 @@ class NoFaceError(LipSyncError):
 
 class WeightsError(LipSyncError):
     """A checkpoint that cannot be found, downloaded, verified or loaded."""
+
+
+class Cancelled(Exception):  # noqa: N818 - a request to stop, not a failure
+    """The caller asked the run to stop (its ``should_stop`` returned True, e.g. the client left).
+
+    Not a LipSyncError: there is nobody to tell. Partial outputs are removed, as on any failure.
+    """

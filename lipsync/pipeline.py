@@ -17,7 +17,7 @@ import tempfile
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from fractions import Fraction
@@ -32,7 +32,7 @@ from face_detection.detector import FaceDetector
 from lipsync import detcache, detect, faces, weights
 from lipsync.audio import SAMPLE_RATE, mel_chunks, melspectrogram
 from lipsync.compose import paste
-from lipsync.errors import InputError, NoFaceError
+from lipsync.errors import Cancelled, InputError, NoFaceError
 from lipsync.hashing import content_key, file_sha256
 from lipsync.media import VideoSource, VideoWriter, load_audio
 from lipsync.model import FACE_SIZE, generate, load_wav2lip
@@ -267,10 +267,15 @@ class LipSync:
             return self._detector
 
     def run(self, face: str | os.PathLike, audio: str | os.PathLike, output: str | os.PathLike,
-            options: LipSyncOptions | None = None) -> LipSyncResult:
-        """Lip-sync ``face`` (video or image) to ``audio`` and write ``output`` (.mp4/.mov/.mkv)."""
+            options: LipSyncOptions | None = None, *,
+            should_stop: Callable[[], bool] | None = None) -> LipSyncResult:
+        """Lip-sync ``face`` (video or image) to ``audio`` and write ``output`` (.mp4/.mov/.mkv).
+
+        ``should_stop`` is asked before each batch of output frames; when it returns True the run
+        raises Cancelled and leaves no output.
+        """
         plan = self.plan(Path(face), Path(audio), options or LipSyncOptions())
-        return self.render(plan, Path(output))
+        return self.render(plan, Path(output), should_stop=should_stop)
 
     # -- stage 1: plan --------------------------------------------------------------------------------
     def plan(self, face: Path, audio: Path, options: LipSyncOptions) -> Plan:
@@ -315,7 +320,7 @@ class LipSync:
         return content_key(frames.video.path, settings)
 
     # -- stage 2: render ------------------------------------------------------------------------------
-    def render(self, plan: Plan, output: Path) -> LipSyncResult:
+    def render(self, plan: Plan, output: Path, *, should_stop: Callable[[], bool] | None = None) -> LipSyncResult:
         """Generate, paste and encode every output frame; the partial file is removed on failure."""
         model = self.generator(plan.options.checkpoint)
         face, watch = plan.face, plan.watch
@@ -327,6 +332,8 @@ class LipSync:
                 tqdm(total=plan.n_out, desc="lip sync", unit="frame") as bar:
             frames = watch.timed_iter("decode", frames_in_output_order(plan, Path(tmp)))
             for start, batch in _batches(frames, per_batch):
+                if should_stop is not None and should_stop():
+                    raise Cancelled(f"stopped at output frame {start} of {plan.n_out}")
                 indices = range(start, start + len(batch))
                 no_face[indices] = ~plan.found[[plan.source(i) for i in indices]]
                 self._lip_sync_batch(model, plan, batch, indices)

@@ -31,10 +31,10 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import cv2
 import numpy as np
@@ -45,7 +45,7 @@ from face_detection.detector import FaceDetector
 from face_detection.tracking import Track
 from face_detection.winograd import DEFAULT_BLOCK
 from lipsync.detect import load_detector
-from lipsync.errors import InputError
+from lipsync.errors import Cancelled, InputError
 from lipsync.media import MediaInfo, VideoSource, audio_duration, load_audio
 from syncnet import scenes
 from syncnet.constants import AUDIO_RATE, CROP_SIZE, SAMPLES_PER_FRAME, VIDEO_FPS, WINDOW_FRAMES
@@ -58,6 +58,7 @@ from syncnet.score import score_features, window_count
 from syncnet.tracks import check_detectable, detect_pass, select_tracks
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 INT16_SCALE = 32768  # ffmpeg's float -> s16 conversion: round(x * 2**15), clipped
 
@@ -187,16 +188,21 @@ class SyncNetEvaluator:
             return self._detector
 
     def evaluate(self, path: str | os.PathLike, options: EvalOptions | None = None, *,
-                 progress: bool = True) -> VideoResult:
-        """Score one video (default options: the reference's); raises InputError / NoFaceError for the user."""
-        return _Scoring(self, Path(path), options or EvalOptions(), progress).run()
+                 progress: bool = True, should_stop: Callable[[], bool] | None = None) -> VideoResult:
+        """Score one video (default options: the reference's); raises InputError / NoFaceError for the user.
+
+        ``should_stop`` is asked every second of video in each pass; True raises Cancelled.
+        """
+        return _Scoring(self, Path(path), options or EvalOptions(), progress, should_stop).run()
 
 
 class _Scoring:
     """One evaluation: the video's audio, then its tracks (or whole frames), embedded and scored."""
 
-    def __init__(self, evaluator: SyncNetEvaluator, path: Path, options: EvalOptions, progress: bool) -> None:
+    def __init__(self, evaluator: SyncNetEvaluator, path: Path, options: EvalOptions, progress: bool,
+                 should_stop: Callable[[], bool] | None = None) -> None:
         self.evaluator, self.options, self.progress = evaluator, options, progress
+        self.should_stop = should_stop
         self.start = time.perf_counter()
         self.video = VideoSource(path)
         self.info = self.video.info
@@ -248,6 +254,13 @@ class _Scoring:
         """The video's frames at 25 fps, with a progress bar."""
         return tqdm(frames, total=_expected_frames(self.info), desc=desc, unit="frame", disable=not self.progress)
 
+    def stoppable(self, frames: Iterable[T]) -> Iterator[T]:
+        """``frames``, asking ``should_stop`` once a second of video (Cancelled when it says so)."""
+        for index, frame in enumerate(frames):
+            if self.should_stop is not None and index % VIDEO_FPS == 0 and self.should_stop():
+                raise Cancelled(f"scoring {self.name} stopped at frame {index}")
+            yield frame
+
     def lip_windows(self, limit: int) -> LipWindows:
         ev = self.evaluator
         return LipWindows(ev.syncnet, ev.device, self.options.batch_size, limit)
@@ -260,7 +273,7 @@ class _Scoring:
         n_frames = 0
         # the reference wrote the decoder's frames to JPEG, then resized what OpenCV read back
         frames = self.video.video_frames(fps=VIDEO_FPS) if jpeg is not None else self.video.frames(fps=VIDEO_FPS)
-        for frame in self.progress_bar(frames, "syncnet"):
+        for frame in self.progress_bar(self.stoppable(frames), "syncnet"):
             n_frames += 1
             if lips.full:  # the audio has ended: only count the frames
                 lips.push(None)
@@ -279,7 +292,8 @@ class _Scoring:
     def score_tracks(self, audio: np.ndarray) -> tuple[list[TrackResult], int]:
         check_detectable(self.name, self.info.width, self.info.height, self.options.facedet_scale)
         tic = time.perf_counter()
-        dets, scene_scores = detect_pass(self.video.frames(fps=VIDEO_FPS), self.evaluator.detector, self.options,
+        frames = self.stoppable(self.video.frames(fps=VIDEO_FPS))
+        dets, scene_scores = detect_pass(frames, self.evaluator.detector, self.options,
                                          total=_expected_frames(self.info), progress=self.progress)
         n_frames = len(dets)
         _check_length(self.name, n_frames)
@@ -295,7 +309,7 @@ class _Scoring:
         end = max(p.last for p in plans)
         frames = self.video.frames(fps=VIDEO_FPS)
         with tqdm(total=end + 1, desc="syncnet", unit="frame", disable=not self.progress) as bar:
-            for index, frame in enumerate(frames):
+            for index, frame in enumerate(self.stoppable(frames)):
                 if index > end:
                     break
                 for plan in plans:

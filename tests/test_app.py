@@ -12,6 +12,7 @@ import dataclasses
 import math
 import socket
 import threading
+import time
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -264,6 +265,104 @@ def test_two_concurrent_clients(url, downloads):
         assert_playable_mp4(video, SPEECH)
         assert_scores(details["output"])
     assert results[0][0] != results[1][0]
+
+
+# -- load: a full queue, a client that leaves ----------------------------------------------------------------
+def request_folders() -> set[Path]:
+    root = Path(app.get_upload_folder()) / app.OUTPUT_DIR_NAME
+    return set(root.iterdir()) if root.exists() else set()
+
+
+def wait_until_running(job, seconds: float = 120) -> None:
+    from gradio_client.utils import Status
+
+    deadline = time.monotonic() + seconds
+    while job.status().code not in (Status.PROCESSING, Status.PROGRESS):
+        assert time.monotonic() < deadline, job.status()
+        time.sleep(0.1)
+
+
+def test_more_clients_than_the_queue_holds_are_turned_away(weights_dir, downloads, tmp_path):
+    """One runs, one waits (LIPSYNC_QUEUE_SIZE=1), the rest hear "queue full"; the two accepted finish."""
+    import soundfile
+    from gradio_client.utils import QueueError
+
+    speech, rate = soundfile.read(SPEECH)
+    short = tmp_path / "two seconds.wav"
+    soundfile.write(short, speech[: 2 * rate], rate)
+    request = {"face_image": handle_file(str(STILL)), "audio": handle_file(str(short)), **FAST,
+               "score_input": False, "api_name": "/lipsync"}
+    with serve_app(app.Settings(queue_size=1, concurrency=1)) as url:
+        clients = [Client(url, verbose=False, download_files=str(downloads)) for _ in range(4)]
+        first = clients[0].submit(**request)
+        wait_until_running(first)
+        second = clients[1].submit(**request)
+        time.sleep(1.0)  # the second is waiting in the queue now
+        refused = []
+        for other in clients[2:]:
+            with pytest.raises(QueueError, match="Queue is full") as err:
+                other.predict(**request)
+            refused.append(err.value)
+        for job in (first, second):
+            video, _, details = job.result(timeout=600)
+            assert_playable_mp4(video, short)
+        assert len(refused) == 2
+
+
+LEAVING_CLIENT = """
+import sys, time
+from gradio_client import Client, handle_file
+from gradio_client.utils import Status
+url, face, audio, box = sys.argv[1:]
+job = Client(url, verbose=False).submit(face_image=handle_file(face), audio=handle_file(audio), box=box,
+                                        wav2lip_batch_size=16, score_input=False, api_name="/lipsync")
+while job.status().code not in (Status.PROCESSING, Status.PROGRESS):
+    time.sleep(0.1)
+print("running", flush=True)
+time.sleep(600)
+"""
+
+
+def test_a_client_that_leaves_mid_run_frees_the_engine(weights_dir, downloads, tmp_path, monkeypatch):
+    """The leaving client's run stops at its next batch: the next request does not wait for the rest of
+    it (some 150 s of generating here), and the run's folder and temporary files are gone."""
+    import signal
+    import subprocess
+    import sys
+    import tempfile
+
+    import numpy as np
+    import soundfile
+
+    long_speech = tmp_path / "minute.wav"
+    t = np.arange(60 * 16000) / 16000
+    soundfile.write(long_speech, (0.3 * np.sin(2 * np.pi * 180 * t) * (np.sin(2 * np.pi * 2 * t) > 0)
+                                  ).astype(np.float32), 16000)
+    private = tmp_path / "tmp"  # the server's temporary files (this process), and Gradio's cache in it
+    private.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(private))
+    before = request_folders()
+    with serve_app() as url:
+        leaving = subprocess.Popen([sys.executable, "-c", LEAVING_CLIENT, url, str(STILL), str(long_speech),
+                                    FACE_BOX], stdout=subprocess.PIPE, text=True)
+        try:
+            assert leaving.stdout.readline().strip() == "running"
+            time.sleep(3)  # well into the 1500 frames
+            abandoned = request_folders() - before
+            assert len(abandoned) == 1, abandoned
+        finally:
+            leaving.send_signal(signal.SIGKILL)
+            leaving.wait(30)
+        start = time.monotonic()
+        client = Client(url, verbose=False, download_files=str(downloads))
+        job = client.submit(face_image=handle_file(str(STILL)), audio=handle_file(str(SPEECH)), **FAST,
+                            score_input=False, api_name="/lipsync")
+        video, _, _ = job.result(timeout=100)
+        assert_playable_mp4(video, SPEECH)
+        assert time.monotonic() - start < 100
+    finished = request_folders() - before
+    assert len(finished) == 1 and not finished & abandoned  # the stopped run's folder was removed
+    assert not list(private.glob("lipsync-*"))  # the engine's work folders (gradio_client keeps its own here)
 
 
 # -- the handlers and helpers, without a server --------------------------------------------------------

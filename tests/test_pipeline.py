@@ -367,3 +367,21 @@ def test_one_pixel_boxes_reach_the_generator(engine, short_speech, tmp_path, mon
     assert all(np.array_equal(a[outside], b[outside]) for a, b in zip(src, dst, strict=True))
     fixed = engine.run(clip, short_speech, tmp_path / "fixed.mkv", LipSyncOptions(box=(60, 61, 70, 71)))
     assert fixed.n_frames == 10
+
+
+def test_should_stop_ends_the_run_between_batches_and_leaves_nothing(engine, face_clip, speech_wav, tmp_path):
+    from lipsync.errors import Cancelled
+
+    asked = []
+
+    def stop_at_third() -> bool:
+        asked.append(1)
+        return len(asked) == 3
+
+    out = tmp_path / "stopped.mp4"
+    with pytest.raises(Cancelled, match="output frame 32 of"):
+        engine.run(face_clip, speech_wav, out, LipSyncOptions(box=CLIP_BOX, wav2lip_batch_size=16),
+                   should_stop=stop_at_third)
+    assert len(asked) == 3 and not out.exists() and leftovers() == []
+    result = engine.run(face_clip, speech_wav, out, LipSyncOptions(box=CLIP_BOX), should_stop=lambda: False)
+    assert result.n_frames > 0 and out.exists()

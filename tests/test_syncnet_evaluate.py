@@ -362,3 +362,23 @@ def test_degenerate_track_boxes_give_full_size_crops(box):
     frame = np.random.default_rng(3).integers(0, 256, (120, 160, 3), dtype=np.uint8)
     for s, x, y in smooth_track(np.array([box] * 20, np.float64)):
         assert crop_face(frame, s, x, y).shape == (CROP_SIZE, CROP_SIZE, 3)
+
+
+@pytest.mark.parametrize(("mode", "stop_after", "where"), [("whole-frame", 1, 0), ("whole-frame", 5, 100),
+                                                      ("tracks", 1, 0), ("tracks", 7, 25)])
+def test_should_stop_ends_each_pass(tmp_path: Path, mode: str, stop_after: int, where: int):
+    """Asked once a second of video (25 frames) in every pass: tracks mode's 7th question is at frame 25 of
+    its second pass (the detection pass over 120 frames asks 5 times)."""
+    from lipsync.errors import Cancelled
+
+    clip = planted_clip(tmp_path / "planted.mkv", 120, 2)
+    options = EvalOptions(mode=mode, min_track=20)
+    asked = []
+
+    def should_stop() -> bool:
+        asked.append(1)
+        return len(asked) >= stop_after
+
+    with pytest.raises(Cancelled, match=f"stopped at frame {where}$"):
+        planted_evaluator().evaluate(clip, options, progress=False, should_stop=should_stop)
+    assert planted_evaluator().evaluate(clip, options, progress=False, should_stop=lambda: False).offset == -2
