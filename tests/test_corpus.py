@@ -30,7 +30,7 @@ from gradio_client.exceptions import AppError
 
 import app
 from lipsync.media import VideoWriter, probe
-from tests.test_app import GENERIC, free_port
+from tests.test_app import GENERIC, serve_app
 
 N_FRAMES = 10
 SECONDS = N_FRAMES / 25
@@ -263,13 +263,8 @@ def test_cli_on_the_corpus(corpus, private_tmp, weights_dir, tmp_path):
 # -- the app -----------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def served(weights_dir, private_tmp):
-    settings = app.Settings()
-    demo = app.build_demo(settings)
-    _, url, _ = app.launch(demo, settings, host="127.0.0.1", port=free_port(), block=False)
-    try:
+    with serve_app() as url:
         yield url
-    finally:
-        demo.close()
 
 
 def request_folders() -> set[Path]:
