@@ -58,11 +58,7 @@ except ImportError:
 def _on_zero_gpu() -> bool:
     """spaces.GPU runs functions in another process (arguments pickled) only on ZeroGPU hardware,
     which the package reads from SPACES_ZERO_GPU; elsewhere it returns the function itself."""
-    if spaces is None:
-        return False
-    from spaces.config import Config
-
-    return bool(Config.zero_gpu)
+    return spaces is not None and bool(spaces.config.Config.zero_gpu)
 
 log = logging.getLogger("app")
 
