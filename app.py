@@ -36,21 +36,33 @@ import pandas as pd
 import torch
 from gradio.utils import get_upload_folder
 
+from face_detection.s3fd import S3FD
+from face_detection.sfd_face import SFDFace
+from lipsync import model as wav2lip_model
 from lipsync import optspec, weights
-from lipsync.errors import InputError, LipSyncError
+from lipsync.errors import Cancelled, InputError, LipSyncError
 from lipsync.hashing import content_key, file_sha256
 from lipsync.media import MediaInfo, audio_duration, probe
+from lipsync.model import Wav2Lip
 from lipsync.options import LipSyncOptions
 from lipsync.optspec import Parameter, option
 from lipsync.pipeline import LipSync, LipSyncResult
+from syncnet import model as syncnet_model
 from syncnet.constants import VIDEO_FPS
 from syncnet.evaluate import SyncNetEvaluator, VideoResult
+from syncnet.model import SyncNet
 from syncnet.options import EvalOptions
 
 try:  # Hugging Face ZeroGPU hardware: GPU work must run inside functions wrapped by spaces.GPU
     import spaces
 except ImportError:
     spaces = None
+
+
+def _on_zero_gpu() -> bool:
+    """spaces.GPU runs functions in another process (arguments pickled) only on ZeroGPU hardware,
+    which the package reads from SPACES_ZERO_GPU; elsewhere it returns the function itself."""
+    return spaces is not None and bool(spaces.config.Config.zero_gpu)
 
 log = logging.getLogger("app")
 
@@ -60,6 +72,7 @@ WEIGHT_NAMES = ("wav2lip_gan", "wav2lip", "s3fd", "syncnet_v2", "sfd_face")
 GPU_SECONDS = 120
 PREVIEW_GPU_SECONDS = 20  # one frame: a shorter request waits less in ZeroGPU's queue
 OUTPUT_DIR_NAME = "lipsync-outputs"
+StopCheck = Callable[[], bool]  # asked by the engine and the evaluator as they go: True stops the run
 
 
 # -- settings ------------------------------------------------------------------------------------------
@@ -219,10 +232,10 @@ def _on_gpu(fn: Callable, seconds: int = GPU_SECONDS) -> Callable:
 
 @_on_gpu
 def _synthesize(face: Path, audio: Path, output: Path, options: LipSyncOptions,
-                voice: Path | None = None) -> LipSyncResult:
+                voice: Path | None = None, should_stop: StopCheck | None = None) -> LipSyncResult:
     models = Models.shared()
     with models.engine_lock:
-        return models.engine().run(face, audio, output, options, voice=voice)
+        return models.engine().run(face, audio, output, options, voice=voice, should_stop=should_stop)
 
 
 def _render_preview(face: Path, audio: Path, at_seconds: float, options: LipSyncOptions,
@@ -236,19 +249,59 @@ _render_preview = _on_gpu(_render_preview, PREVIEW_GPU_SECONDS)
 
 
 @_on_gpu
-def _score(path: Path, options: EvalOptions) -> VideoResult:
+def _score(path: Path, options: EvalOptions, should_stop: StopCheck | None = None) -> VideoResult:
     models = Models.shared()
     with models.evaluator_lock:
-        return models.evaluator().evaluate(path, options)
+        return models.evaluator().evaluate(path, options, should_stop=should_stop)
+
+
+def client_gone(request: gr.Request | None) -> StopCheck | None:
+    """True once the request's client has disconnected, for the engine to stop and free the models.
+
+    Gradio marks a session's running events dead when its event stream closes, but offers no
+    public way to ask; this reads its queue (tests/test_app.py checks it still works). None where
+    there is no request (direct calls) and on ZeroGPU, whose GPU functions get pickled arguments
+    in another process, where the queue cannot be seen.
+    """
+    connection = getattr(request, "request", None)
+    session = getattr(request, "session_hash", None)
+    if connection is None or session is None or _on_zero_gpu():
+        return None
+    queue = connection.app.get_blocks()._queue
+
+    def gone() -> bool:
+        events = [e for job in queue.active_jobs if job for e in job if e.session_hash == session]
+        return bool(events) and not any(e.alive for e in events)
+
+    return gone
 
 
 # -- weights status ------------------------------------------------------------------------------------
+# What each checkpoint must fit: (network, its name in messages, keys the file may lack)
+CHECKPOINT_NETWORKS: dict[str, tuple[Callable[[], torch.nn.Module], str, tuple[str, ...]]] = {
+    "wav2lip_gan": (Wav2Lip, wav2lip_model.LABEL, ()),
+    "wav2lip": (Wav2Lip, wav2lip_model.LABEL, ()),
+    "s3fd": (S3FD, "S3FD (s3fd)", ()),
+    "syncnet_v2": (SyncNet, syncnet_model.LABEL, syncnet_model.OPTIONAL_KEYS),
+    "sfd_face": (SFDFace, "S3FD (sfd_face)", ()),
+}
+
+
+def check_weights(name: str) -> Path:
+    """Resolve (download) a checkpoint and check that it reads and fits its network, cheaply: the file
+    is memory-mapped and compared by key names and shapes with the network built on the meta device."""
+    network, label, optional = CHECKPOINT_NETWORKS[name]
+    with torch.device("meta"):
+        model = network()
+    return weights.check_file(name, model, label=label, optional_suffixes=optional)
+
+
 @dataclass
 class WeightsStatus:
-    """Resolves every checkpoint in a background thread (downloads unless LIPSYNC_WEIGHTS_DIR is set)."""
+    """Fetches and checks every checkpoint in a background thread (downloads unless LIPSYNC_WEIGHTS_DIR is set)."""
 
     names: Sequence[str] = WEIGHT_NAMES
-    resolve: Callable[[str], Path] = weights.resolve
+    check: Callable[[str], Path] = check_weights
     state: dict[str, tuple[str, str]] = field(default_factory=dict)  # name -> (pending|ok|error, detail)
     _thread: threading.Thread | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -265,7 +318,7 @@ class WeightsStatus:
     def _run(self) -> None:
         for name in self.names:
             try:
-                path = self.resolve(name)
+                path = self.check(name)
             except LipSyncError as exc:
                 log.error("weights %s: %s", name, exc)
                 self.state[name] = ("error", str(exc))
@@ -283,7 +336,7 @@ class WeightsStatus:
             lines.append("Weights are being fetched in the background; a request made now waits for them.")
         for name, (kind, detail) in self.state.items():
             if kind == "error":
-                lines.append(f"- **{name} is missing**: {detail}")
+                lines.append(f"- **{name} cannot be used**: {detail}")
         return "\n\n".join(lines)
 
 
@@ -339,7 +392,8 @@ def _finite_or_none(value: float | None) -> float | None:
     return float(value) if value is not None and math.isfinite(value) else None
 
 
-def _score_safely(path: Path, options: EvalOptions) -> tuple[VideoResult | None, str | None]:
+def _score_safely(path: Path, options: EvalOptions,
+                  should_stop: StopCheck | None = None) -> tuple[VideoResult | None, str | None]:
     """Scores (from the cache when this content was scored so already), or the evaluator's message when
     the video cannot be scored (no face track, no audio...)."""
     cache = Models.shared().scores
@@ -347,7 +401,7 @@ def _score_safely(path: Path, options: EvalOptions) -> tuple[VideoResult | None,
         key = cache.key(path, options)
         result = cache.get(key, path)
         if result is None:
-            result = _score(path, options)
+            result = _score(path, options, should_stop)
             cache.put(key, result)
         return result, None
     except LipSyncError as exc:
@@ -409,22 +463,28 @@ def endpoint(body: Callable[..., Any], name: str, files: dict[str, str], params:
     """A Gradio handler whose signature and docstring list ``files`` then ``params``.
 
     Gradio names the API parameters after the signature and shows the docstring; Python callers may
-    pass them by keyword too. The function calls ``body(values, progress)``, values keyed by name.
+    pass them by keyword too. The function calls ``body(values, progress, should_stop)``, values keyed
+    by name; ``should_stop`` (see ``client_gone``) is None when nothing can tell that the client left.
     """
     P = inspect.Parameter
     signature = inspect.Signature(
         [P(n, P.POSITIONAL_OR_KEYWORD, default=None) for n in files]
         + [P(p.name, P.POSITIONAL_OR_KEYWORD, default=p.default) for p in params]
-        + [P("progress", P.POSITIONAL_OR_KEYWORD, default=gr.Progress(track_tqdm=True))])
+        + [P("request", P.POSITIONAL_OR_KEYWORD, default=None, annotation=gr.Request),
+           P("progress", P.POSITIONAL_OR_KEYWORD, default=gr.Progress(track_tqdm=True))])
 
     def handler(*args: Any, **kwargs: Any) -> Any:
         bound = signature.bind(*args, **kwargs)
         bound.apply_defaults()
         values = dict(bound.arguments)
         progress = values.pop("progress")
-        return body(values, progress)
+        try:
+            return body(values, progress, client_gone(values.pop("request")))
+        except Cancelled:  # nobody is listening any more; this only ends the event quietly
+            raise gr.Error("The request was stopped: its client disconnected.") from None
 
     handler.__signature__ = signature
+    handler.__annotations__ = {"request": gr.Request}  # Gradio finds the parameter it fills in by type
     args = [f"{n}: {text}" for n, text in files.items()] + optspec.describe(params)
     handler.__doc__ = (summary + "\n\nArgs:\n" + "\n".join(f"    {line}" for line in args)
                        + f"\n\nReturns:\n    {returns}")
@@ -458,7 +518,8 @@ def _check_inputs(values: dict[str, Any], settings: Settings) -> MediaInfo:
     return face_info
 
 
-def _lipsync(values: dict[str, Any], progress: gr.Progress) -> tuple[str, str, dict[str, Any]]:
+def _lipsync(values: dict[str, Any], progress: gr.Progress,
+             should_stop: StopCheck | None) -> tuple[str, str, dict[str, Any]]:
     settings = Settings.from_env()
     face, audio, voice = _face_and_audio(values)
     face_video = values["face_video"]
@@ -471,12 +532,12 @@ def _lipsync(values: dict[str, Any], progress: gr.Progress) -> tuple[str, str, d
         folder = request_dir(settings)
         output = folder / f"{_safe_stem(face)}_lipsync.mp4"
         progress(0, desc="lip sync")
-        result = _synthesize(Path(face), Path(audio), output, options, Path(voice) if voice else None)
+        result = _synthesize(Path(face), Path(audio), output, options, Path(voice) if voice else None, should_stop)
         progress(0, desc="scoring the result")
-        scored = {"output": _score_safely(output, scoring)}
+        scored = {"output": _score_safely(output, scoring, should_stop)}
         if score_input and face_video and face_info.has_audio:
             progress(0, desc="scoring the input")
-            scored["input"] = _score_safely(Path(face_video), scoring)
+            scored["input"] = _score_safely(Path(face_video), scoring, should_stop)
     except LipSyncError as exc:
         if folder is not None:
             shutil.rmtree(folder, ignore_errors=True)
@@ -515,7 +576,7 @@ run_lipsync = endpoint(
     'confidence over time of the output and the scored input as [time (s), confidence, "output" or "input"].')
 
 
-def _preview(values: dict[str, Any], progress: gr.Progress) -> np.ndarray:
+def _preview(values: dict[str, Any], progress: gr.Progress, should_stop: StopCheck | None) -> np.ndarray:
     settings = Settings.from_env()
     face, audio, voice = _face_and_audio(values)
     try:
@@ -540,7 +601,8 @@ CURVE_COLUMNS = ["time (s)", "confidence", "series"]
 TABLE_COLUMNS = ["video", "track", "first frame", "last frame", "LSE-D", "LSE-C", "offset"]
 
 
-def _evaluate(values: dict[str, Any], progress: gr.Progress) -> tuple[pd.DataFrame, pd.DataFrame, str]:
+def _evaluate(values: dict[str, Any], progress: gr.Progress,
+              should_stop: StopCheck | None) -> tuple[pd.DataFrame, pd.DataFrame, str]:
     settings = Settings.from_env()
     videos = [(label, path) for label, path in (("A", values["video"]), ("B", values["reference_video"])) if path]
     if not videos:
@@ -556,7 +618,7 @@ def _evaluate(values: dict[str, Any], progress: gr.Progress) -> tuple[pd.DataFra
     for label, path in videos:
         name = f"{label}: {Path(path).name}"
         progress(0, desc=f"scoring video {label}")
-        result, error = _score_safely(Path(path), options)
+        result, error = _score_safely(Path(path), options, should_stop)
         if result is None:
             errors.append(f"{name}: {error}")
             continue
@@ -613,6 +675,73 @@ def prefill_evaluate(output_video: str | None, face_video: str | None) -> tuple[
     return output_video, face_video
 
 
+# -- malformed requests get this app's own message -----------------------------------------------------
+# A gr.Error raised while Gradio prepares an input reaches gradio_client as it is; any other
+# exception there only as "The upstream Gradio app has raised an exception but has not enabled
+# verbose error reporting" (gradio's Blocks.preprocess_data). Arguments given in the wrong order
+# (a number where a file goes, a sound as the photo) fail right there.
+FILE_KINDS = {"video": "a video file", "image": "a still image (jpg, png, webp)", "audio": "an audio file"}
+ORDER_HINT = ("check the order of the arguments ({order}; view_api() lists them) or pass them by name, "
+              "files as handle_file('path or URL')")
+LIPSYNC_ORDER = "/lipsync takes " + ", ".join(LIPSYNC_FILES) + ", then the options"
+EVALUATE_ORDER = "/evaluate takes " + ", ".join(EVALUATE_FILES) + ", then the options"
+
+
+def checked_by_the_handler(component: gr.components.Component) -> gr.components.Component:
+    """An option control that hands its value over as it came: ``optspec.from_parameters`` checks it
+    in the handler, with a message naming the parameter (Gradio's own checks would say "Value 0.5
+    is not in the list of choices" or fail on a string given to a number)."""
+    component.preprocess = lambda payload: payload
+    return component
+
+
+def readable_file_input(component: gr.components.Component, param: str, order: str) -> gr.components.Component:
+    """A file input whose refusals name the API parameter and what it takes.
+
+    Gradio validates the payload against the component's data model (a FileData dict) before its
+    ``preprocess`` runs, so both are wrapped: a non-file payload and a file the component cannot
+    read (an audio file given as the photo) become gr.Error.
+    """
+    kind = FILE_KINDS[component.get_block_name()]
+    hint = ORDER_HINT.format(order=order)
+
+    def refuse(what: str) -> gr.Error:
+        return gr.Error(f"{param} takes {kind}, but got {what}: {hint}", title="Check the request")
+
+    base = component.data_model
+
+    class Checked(base):  # type: ignore[misc, valid-type]
+        __doc__ = base.__doc__
+        model_config = {"title": base.__name__}  # the API schema keeps its name
+
+        @classmethod
+        def model_validate(cls, obj: Any, **kwargs: Any) -> Any:
+            try:
+                return super().model_validate(obj, **kwargs)
+            except ValueError:  # pydantic's ValidationError
+                raise refuse(_shown(obj)) from None
+
+    component.data_model = Checked
+    gradio_preprocess = component.preprocess
+
+    def preprocess(payload: Any) -> Any:
+        try:
+            return gradio_preprocess(payload)
+        except gr.Error:
+            raise
+        except Exception as exc:  # whatever the component's reader raises on a file it cannot read
+            name = Path(getattr(payload, "path", None) or "the file").name
+            raise refuse(f"{name}, which is not one ({exc.__class__.__name__})") from exc
+
+    component.preprocess = preprocess
+    return component
+
+
+def _shown(value: Any) -> str:
+    text = repr(value)
+    return f"{type(value).__name__} {text if len(text) <= 60 else text[:57] + '...'}"
+
+
 # -- UI ------------------------------------------------------------------------------------------------
 INTRO = """# Wav2Lip lip sync
 Make a face video (or a photo) speak any audio with [Wav2Lip](https://github.com/Rudrabha/Wav2Lip), then check
@@ -641,13 +770,14 @@ def _component(param: Parameter, elem_prefix: str) -> gr.components.Component:
     info = param.spec.help if not param.part else None  # a tuple's parts share one help text: show it once
     common = {"label": param.label, "info": info, "elem_id": elem_prefix + param.name.replace("_", "-")}
     if param.kind == "bool":
-        return gr.Checkbox(param.default, **common)
+        return checked_by_the_handler(gr.Checkbox(param.default, **common))
     if param.kind == "choice":
-        return gr.Radio(list(param.choices), value=param.default, **common)
+        return checked_by_the_handler(gr.Radio(list(param.choices), value=param.default, **common))
     if param.kind == "numbers":
-        return gr.Textbox(param.default, placeholder=param.placeholder, **common)
+        return checked_by_the_handler(gr.Textbox(param.default, placeholder=param.placeholder, **common))
     bounds = {"minimum": param.spec.minimum, "maximum": param.spec.maximum}
-    return gr.Number(param.default, precision=0 if param.element is int else None, min_width=120, **common, **bounds)
+    return checked_by_the_handler(
+        gr.Number(param.default, precision=0 if param.element is int else None, min_width=120, **common, **bounds))
 
 
 def option_controls(params: list[Parameter], elem_prefix: str = "") -> dict[str, gr.components.Component]:
@@ -742,6 +872,11 @@ def build_demo(settings: Settings | None = None, status: WeightsStatus | None = 
                 gr.Examples(evaluate_rows, [eval_video, eval_reference], cache_examples=False,
                             api_visibility="private")
 
+        for component, param in ((face_video, "face_video"), (face_image, "face_image"), (audio, "audio"),
+                                 (voice, "voice")):
+            readable_file_input(component, param, LIPSYNC_ORDER)
+        for component, param in ((eval_video, "video"), (eval_reference, "reference_video")):
+            readable_file_input(component, param, EVALUATE_ORDER)
         lipsync_inputs = [face_video, face_image, audio, voice] + [
             controls[p.name] for p in LIPSYNC_PARAMS + INPUT_SCORING_PARAMS + SCORE_PARAMS]
         run_event = run_button.click(run_lipsync, inputs=lipsync_inputs, outputs=[out_video, out_summary, out_details],
