@@ -1,10 +1,11 @@
 """The Space: a Gradio UI over the lip-sync engine (``lipsync``) and the SyncNet evaluator (``syncnet``).
 
-This is the only file that imports gradio. Handlers (``lipsync``, ``preview``, ``evaluate``) are plain
-functions of their inputs: the UI, the named API endpoints ``/lipsync``, ``/preview`` and ``/evaluate`` and
-the tests all call the same code. Importing this module loads and downloads nothing: models load once,
-on first use, and are shared by every request of the process; weights are fetched in a background
-thread when the app is built, and the page shows their status.
+This is the only file that imports gradio. Handlers (``run_lipsync``, ``run_lipsync_stream``,
+``run_preview``, ``run_evaluate``) are plain functions of their inputs: the UI, the named API endpoints
+``/lipsync``, ``/lipsync_stream``, ``/preview`` and ``/evaluate`` and the tests all call the same code.
+Importing this module loads and downloads nothing: models load once, on first use, and are shared by
+every request of the process; weights are fetched in a background thread when the app is built, and
+the page shows their status.
 
 Run: ``python app.py [--host HOST] [--port PORT] [--share] [--mcp]``. Environment: see ``Settings``.
 """
@@ -12,12 +13,14 @@ Run: ``python app.py [--host HOST] [--port PORT] [--share] [--mcp]``. Environmen
 from __future__ import annotations
 
 import argparse
+import contextvars
 import dataclasses
 import importlib.util
 import inspect
 import logging
 import math
 import os
+import queue
 import re
 import shutil
 import sys
@@ -25,7 +28,8 @@ import threading
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, ClassVar
@@ -47,6 +51,7 @@ from lipsync.model import Wav2Lip
 from lipsync.options import LipSyncOptions
 from lipsync.optspec import Parameter, option
 from lipsync.pipeline import LipSync, LipSyncResult
+from lipsync.segments import Segments
 from syncnet import model as syncnet_model
 from syncnet.constants import VIDEO_FPS
 from syncnet.evaluate import SyncNetEvaluator, VideoResult
@@ -72,6 +77,12 @@ WEIGHT_NAMES = ("wav2lip_gan", "wav2lip", "s3fd", "syncnet_v2", "sfd_face")
 GPU_SECONDS = 120
 PREVIEW_GPU_SECONDS = 20  # one frame: a shorter request waits less in ZeroGPU's queue
 OUTPUT_DIR_NAME = "lipsync-outputs"
+# /lipsync_stream's pieces: Gradio's streaming video plays pieces of a second or more smoothly, at a few
+# FFmpeg runs per piece. Gradio re-encodes the sound with one AAC encoder per stream, which is still
+# starting when the first piece comes and sends most of its sound with the second piece: the page
+# can play once the second piece is in, so the first is short
+SEGMENT_SECONDS = 2.0
+FIRST_SEGMENT_SECONDS = 0.6
 StopCheck = Callable[[], bool]  # asked by the engine and the evaluator as they go: True stops the run
 
 
@@ -230,12 +241,60 @@ def _on_gpu(fn: Callable, seconds: int = GPU_SECONDS) -> Callable:
     return spaces.GPU(duration=seconds)(fn) if spaces is not None else fn
 
 
-@_on_gpu
-def _synthesize(face: Path, audio: Path, output: Path, options: LipSyncOptions,
-                voice: Path | None = None, should_stop: StopCheck | None = None) -> LipSyncResult:
+def _run_engine(face: Path, audio: Path, output: Path, options: LipSyncOptions, voice: Path | None = None,
+                should_stop: StopCheck | None = None, segments: Segments | None = None) -> LipSyncResult:
     models = Models.shared()
     with models.engine_lock:
-        return models.engine().run(face, audio, output, options, voice=voice, should_stop=should_stop)
+        return models.engine().run(face, audio, output, options, voice=voice, segments=segments,
+                                   should_stop=should_stop)
+
+
+_synthesize = _on_gpu(_run_engine)
+
+
+def _synthesize_in_pieces(face: Path, audio: Path, output: Path, options: LipSyncOptions, voice: Path | None = None,
+                          should_stop: StopCheck | None = None) -> Iterator[tuple[str, Any]]:
+    """The lip sync, yielding ``("segment", path)`` for each playable piece of the output as it is
+    finished, then ``("done", LipSyncResult)``.
+
+    The engine runs in a thread and hands the pieces over through a queue, so a piece goes out as soon
+    as it is written, whatever the consumer does meanwhile. When the consumer stops listening (the
+    generator is closed), the engine stops at its next batch and the thread is joined.
+    """
+    pieces: queue.Queue[tuple[str, Any]] = queue.Queue()
+    closed = threading.Event()
+
+    def stopped() -> bool:
+        return closed.is_set() or (should_stop is not None and should_stop())
+
+    def work() -> None:
+        try:
+            folder = output.parent / "segments"
+            folder.mkdir(exist_ok=True)
+            segments = Segments(folder, SEGMENT_SECONDS, lambda path: pieces.put(("segment", path)),
+                                first_seconds=FIRST_SEGMENT_SECONDS)
+            pieces.put(("done", _run_engine(face, audio, output, options, voice, stopped, segments)))
+        except BaseException as exc:  # noqa: BLE001 - handed to the consumer, which raises it
+            pieces.put(("error", exc))
+
+    # a copy of the request's context: Gradio's progress tracking (track_tqdm) finds its event there
+    thread = threading.Thread(target=contextvars.copy_context().run, args=(work,), name="lipsync-stream",
+                              daemon=True)
+    thread.start()
+    try:
+        while True:
+            kind, item = pieces.get()
+            if kind == "error":
+                raise item
+            yield kind, item
+            if kind == "done":
+                return
+    finally:
+        closed.set()
+        thread.join()
+
+
+_synthesize_stream = _on_gpu(_synthesize_in_pieces)
 
 
 def _render_preview(face: Path, audio: Path, at_seconds: float, options: LipSyncOptions,
@@ -274,6 +333,29 @@ def client_gone(request: gr.Request | None) -> StopCheck | None:
         return bool(events) and not any(e.alive for e in events)
 
     return gone
+
+
+def patient_stream_audio(startup: float = 1.0, steady: float = 0.25) -> bool:
+    """Let Gradio's streamed video send each piece's sound with the piece. Returns whether it could.
+
+    Gradio re-encodes the sound of streamed pieces with one FFmpeg AAC encoder per stream, and sends
+    with each piece the frames that encoder has put out after waiting ``STARTUP_WAIT`` (0.1 s) for the
+    first piece and ``STEADY_WAIT`` (5 ms) between reads. On 2 CPU cores that is a small part of a
+    piece's sound; the rest goes out with the next piece, and the browser, which plays only where it
+    has both picture and sound, plays each piece only once the next one is in (measured in Chromium:
+    0.19 s of sound buffered under a 0.4 s first piece, 0.38 s under the first 2.4 s; 0.32 s and 2.37 s
+    with the waits below). Longer waits cost the
+    pieces a quarter of a second each on their way out, in Gradio's threads, not the engine's.
+    """
+    try:
+        from gradio import audio_stream_encoder as encoder
+    except ImportError:
+        return False
+    if not all(isinstance(getattr(encoder, name, None), float) for name in ("STARTUP_WAIT", "STEADY_WAIT")):
+        return False
+    encoder.STARTUP_WAIT = max(encoder.STARTUP_WAIT, startup)
+    encoder.STEADY_WAIT = max(encoder.STEADY_WAIT, steady)
+    return True
 
 
 # -- weights status ------------------------------------------------------------------------------------
@@ -458,8 +540,11 @@ SCORE_PARAMS = optspec.parameters(EvalOptions, prefix="score_", unprefixed=("min
 EVALUATE_PARAMS = optspec.parameters(EvalOptions)
 
 
+STOPPED = "The request was stopped: its client disconnected."
+
+
 def endpoint(body: Callable[..., Any], name: str, files: dict[str, str], params: list[Parameter],
-             summary: str, returns: str) -> Callable[..., Any]:
+             summary: str, returns: str, *, stream: bool = False) -> Callable[..., Any]:
     """A Gradio handler whose signature and docstring list ``files`` then ``params``.
 
     Gradio names the API parameters after the signature and shows the docstring; Python callers may
@@ -473,16 +558,27 @@ def endpoint(body: Callable[..., Any], name: str, files: dict[str, str], params:
         + [P("request", P.POSITIONAL_OR_KEYWORD, default=None, annotation=gr.Request),
            P("progress", P.POSITIONAL_OR_KEYWORD, default=gr.Progress(track_tqdm=True))])
 
-    def handler(*args: Any, **kwargs: Any) -> Any:
+    def arguments(args: tuple, kwargs: dict) -> tuple[dict[str, Any], gr.Progress, StopCheck | None]:
         bound = signature.bind(*args, **kwargs)
         bound.apply_defaults()
         values = dict(bound.arguments)
         progress = values.pop("progress")
-        try:
-            return body(values, progress, client_gone(values.pop("request")))
-        except Cancelled:  # nobody is listening any more; this only ends the event quietly
-            raise gr.Error("The request was stopped: its client disconnected.") from None
+        return values, progress, client_gone(values.pop("request"))
 
+    def handler(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return body(*arguments(args, kwargs))
+        except Cancelled:  # nobody is listening any more; this only ends the event quietly
+            raise gr.Error(STOPPED) from None
+
+    def stream_handler(*args: Any, **kwargs: Any) -> Iterator[Any]:  # Gradio streams a generator function
+        try:
+            yield from body(*arguments(args, kwargs))
+        except Cancelled:
+            raise gr.Error(STOPPED) from None
+
+    if stream:
+        handler = stream_handler
     handler.__signature__ = signature
     handler.__annotations__ = {"request": gr.Request}  # Gradio finds the parameter it fills in by type
     args = [f"{n}: {text}" for n, text in files.items()] + optspec.describe(params)
@@ -518,35 +614,69 @@ def _check_inputs(values: dict[str, Any], settings: Settings) -> MediaInfo:
     return face_info
 
 
-def _lipsync(values: dict[str, Any], progress: gr.Progress,
-             should_stop: StopCheck | None) -> tuple[str, str, dict[str, Any]]:
-    settings = Settings.from_env()
-    face, audio, voice = _face_and_audio(values)
-    face_video = values["face_video"]
-    folder: Path | None = None
-    try:
+@dataclass
+class LipSyncRequest:
+    """A /lipsync or /lipsync_stream request, checked: its files, options and result folder."""
+
+    face: Path
+    audio: Path
+    voice: Path | None
+    face_video: Path | None  # the face input when it is a video (scored as the input)
+    face_info: MediaInfo
+    options: LipSyncOptions
+    score_input: bool
+    scoring: EvalOptions
+    folder: Path
+    output: Path
+
+    @classmethod
+    def checked(cls, values: dict[str, Any], settings: Settings) -> LipSyncRequest:
+        """The request's limits and options checked (LipSyncError says what is wrong); its folder made."""
+        face, audio, voice = _face_and_audio(values)
         face_info = _check_inputs(values, settings)
         options = options_from(LipSyncOptions, values, LIPSYNC_PARAMS)
         score_input = options_from(InputScoring, values, INPUT_SCORING_PARAMS).score_input
         scoring = options_from(EvalOptions, values, SCORE_PARAMS)
         folder = request_dir(settings)
-        output = folder / f"{_safe_stem(face)}_lipsync.mp4"
-        progress(0, desc="lip sync")
-        result = _synthesize(Path(face), Path(audio), output, options, Path(voice) if voice else None, should_stop)
-        progress(0, desc="scoring the result")
-        scored = {"output": _score_safely(output, scoring, should_stop)}
-        if score_input and face_video and face_info.has_audio:
-            progress(0, desc="scoring the input")
-            scored["input"] = _score_safely(Path(face_video), scoring, should_stop)
-    except LipSyncError as exc:
-        if folder is not None:
-            shutil.rmtree(folder, ignore_errors=True)
-        raise gr.Error(str(exc), title="Cannot lip-sync this") from exc
-    except BaseException:
-        if folder is not None:
-            shutil.rmtree(folder, ignore_errors=True)
+        return cls(Path(face), Path(audio), Path(voice) if voice else None,
+                   Path(values["face_video"]) if values["face_video"] else None, face_info, options, score_input,
+                   scoring, folder, folder / f"{_safe_stem(face)}_lipsync.mp4")
+
+
+@contextmanager
+def _lipsync_errors() -> Iterator[Callable[[LipSyncRequest], None]]:
+    """Around a lip-sync request: LipSyncError becomes gr.Error, and a failed request's folder is removed.
+    Yields the function that records the request once it is made (and its folder exists)."""
+    made: list[LipSyncRequest] = []
+    try:
+        yield made.append
+    except BaseException as exc:
+        for request in made:
+            shutil.rmtree(request.folder, ignore_errors=True)
+        if isinstance(exc, LipSyncError):
+            raise gr.Error(str(exc), title="Cannot lip-sync this") from exc
         raise
 
+
+def _lipsync(values: dict[str, Any], progress: gr.Progress,
+             should_stop: StopCheck | None) -> tuple[str, str, dict[str, Any]]:
+    with _lipsync_errors() as keep:
+        request = LipSyncRequest.checked(values, Settings.from_env())
+        keep(request)
+        progress(0, desc="lip sync")
+        result = _synthesize(request.face, request.audio, request.output, request.options, request.voice,
+                             should_stop)
+        return _scored_outputs(request, result, progress, should_stop)
+
+
+def _scored_outputs(request: LipSyncRequest, result: LipSyncResult, progress: gr.Progress,
+                    should_stop: StopCheck | None) -> tuple[str, str, dict[str, Any]]:
+    """Score the lip-synced output (and the input, when asked and it has sound): /lipsync's three outputs."""
+    progress(0, desc="scoring the result")
+    scored = {"output": _score_safely(request.output, request.scoring, should_stop)}
+    if request.score_input and request.face_video and request.face_info.has_audio:
+        progress(0, desc="scoring the input")
+        scored["input"] = _score_safely(request.face_video, request.scoring, should_stop)
     out_scores = _result_dict(*scored["output"])
     in_scores = _result_dict(*scored["input"]) if "input" in scored else None
     rows = [("lip-synced output", out_scores)] + ([("input, with its own audio", in_scores)] if in_scores else [])
@@ -564,7 +694,7 @@ def _lipsync(values: dict[str, Any], progress: gr.Progress,
         "curve": [row for series, (video_result, _) in scored.items() if video_result is not None
                   for row in confidence_rows(video_result, series)],
     }
-    return str(output), "\n\n".join(summary), details
+    return str(request.output), "\n\n".join(summary), details
 
 
 run_lipsync = endpoint(
@@ -574,6 +704,32 @@ run_lipsync = endpoint(
     '{"output": scores, "input": scores or null, "no_face_ranges", "n_frames", "fps", "duration", "timings", '
     '"curve"}, where scores = {"lse_d", "lse_c", "offset", "tracks", "messages"} and curve lists the sync '
     'confidence over time of the output and the scored input as [time (s), confidence, "output" or "input"].')
+
+
+def _lipsync_stream(values: dict[str, Any], progress: gr.Progress,
+                    should_stop: StopCheck | None) -> Iterator[tuple[Any, Any, Any, Any]]:
+    """/lipsync as it is made: each finished piece goes to the streaming player, then /lipsync's outputs."""
+    with _lipsync_errors() as keep:
+        request = LipSyncRequest.checked(values, Settings.from_env())
+        keep(request)
+        progress(0, desc="lip sync")
+        result = None
+        for kind, item in _synthesize_stream(request.face, request.audio, request.output, request.options,
+                                             request.voice, should_stop):
+            if kind == "segment":
+                yield str(item), gr.skip(), gr.skip(), gr.skip()
+            else:
+                result = item
+        yield (gr.skip(), *_scored_outputs(request, result, progress, should_stop))
+
+
+run_lipsync_stream = endpoint(
+    _lipsync_stream, "run_lipsync_stream", LIPSYNC_FILES, LIPSYNC_PARAMS + INPUT_SCORING_PARAMS + SCORE_PARAMS,
+    f"/lipsync, streamed: the output plays while it is made, in pieces of {SEGMENT_SECONDS:g} s, then the whole "
+    "MP4 and the scores come as /lipsync gives them.",
+    "While it runs, the pieces for the streaming player (with gradio_client, snapshots of its HLS playlist: "
+    "use the second output); at the end, /lipsync's three outputs: the lip-synced MP4, the Markdown summary and "
+    "the JSON.", stream=True)
 
 
 def _preview(values: dict[str, Any], progress: gr.Progress, should_stop: StopCheck | None) -> np.ndarray:
@@ -806,6 +962,8 @@ def build_demo(settings: Settings | None = None, status: WeightsStatus | None = 
     launched, or when the page is first opened (``gradio app.py`` reload mode)."""
     settings = settings or Settings.from_env()
     status = status or WeightsStatus()
+    if not patient_stream_audio():
+        log.warning("this Gradio streams video differently from 6.x: the page may play each piece late")
     lipsync_rows, evaluate_rows = _example_rows()
     heavy = {"concurrency_limit": settings.concurrency, "concurrency_id": "models"}
     light: dict[str, Any] = {"api_visibility": "private", "queue": False}
@@ -843,8 +1001,10 @@ def build_demo(settings: Settings | None = None, status: WeightsStatus | None = 
                     preview_image = gr.Image(label="Preview: the face box (green) and the mouth at that time",
                                              type="numpy", format="png", interactive=False, elem_id="preview-image")
                 with gr.Column():
-                    out_video = gr.Video(label="Lip-synced video", interactive=False, buttons=["download"],
-                                         elem_id="output-video")
+                    stream_video = gr.Video(label="Playing while it is made", streaming=True, autoplay=True,
+                                            interactive=False, elem_id="stream-video")
+                    out_video = gr.Video(label="Lip-synced video (the whole file, to download)", interactive=False,
+                                         buttons=["download"], elem_id="output-video")
                     out_summary = gr.Markdown(elem_id="lipsync-summary")
                     lipsync_plot = gr.LinePlot(None, x="time (s)", y="confidence", color="series",
                                                label="Sync confidence over time: output and input (before / after)",
@@ -879,10 +1039,15 @@ def build_demo(settings: Settings | None = None, status: WeightsStatus | None = 
             readable_file_input(component, param, EVALUATE_ORDER)
         lipsync_inputs = [face_video, face_image, audio, voice] + [
             controls[p.name] for p in LIPSYNC_PARAMS + INPUT_SCORING_PARAMS + SCORE_PARAMS]
-        run_event = run_button.click(run_lipsync, inputs=lipsync_inputs, outputs=[out_video, out_summary, out_details],
-                                     api_name="lipsync", **heavy)
+        # the button streams; /lipsync, for API callers, is the same work returned at the end
+        run_event = run_button.click(run_lipsync_stream, inputs=lipsync_inputs,
+                                     outputs=[stream_video, out_video, out_summary, out_details],
+                                     api_name="lipsync_stream", **heavy)
         run_event.success(prefill_evaluate, [out_video, face_video], [eval_video, eval_reference], **light)
         run_event.success(curve_from_details, out_details, lipsync_plot, **light)
+        api_only = gr.Button(visible=False)
+        api_only.click(run_lipsync, inputs=lipsync_inputs, outputs=[out_video, out_summary, out_details],
+                       api_name="lipsync", **heavy)
         preview_inputs = [face_video, face_image, audio, voice] + [controls[p.name] for p in LIPSYNC_PARAMS] + [
             preview_controls[p.name] for p in PREVIEW_PARAMS]
         preview_button.click(run_preview, inputs=preview_inputs, outputs=preview_image, api_name="preview", **heavy)

@@ -94,9 +94,9 @@ def assert_scores(scores: dict) -> None:
 
 
 # -- through the API ---------------------------------------------------------------------------------------
-def test_api_lists_only_the_three_endpoints(client):
+def test_api_lists_only_the_four_endpoints(client):
     api = client.view_api(print_info=False, return_format="dict")
-    assert set(api["named_endpoints"]) == {"/lipsync", "/preview", "/evaluate"}
+    assert set(api["named_endpoints"]) == {"/lipsync", "/lipsync_stream", "/preview", "/evaluate"}
     params = {p["parameter_name"] for p in api["named_endpoints"]["/lipsync"]["parameters"]}
     assert {"face_video", "face_image", "audio", "voice", "checkpoint", "box", "silence", "score_input"} <= params
     assert not api["unnamed_endpoints"]
@@ -113,6 +113,7 @@ def test_endpoints_take_exactly_the_options_with_their_defaults(client):
     assert {p.field for p in app.SCORE_PARAMS} == {p.field for p in app.EVALUATE_PARAMS} == names(app.EvalOptions)
     for endpoint, files, params in (
         ("/lipsync", app.LIPSYNC_FILES, app.LIPSYNC_PARAMS + app.INPUT_SCORING_PARAMS + app.SCORE_PARAMS),
+        ("/lipsync_stream", app.LIPSYNC_FILES, app.LIPSYNC_PARAMS + app.INPUT_SCORING_PARAMS + app.SCORE_PARAMS),
         ("/preview", app.PREVIEW_FILES, app.LIPSYNC_PARAMS + app.PREVIEW_PARAMS),
         ("/evaluate", app.EVALUATE_FILES, app.EVALUATE_PARAMS),
     ):
@@ -127,7 +128,7 @@ def test_endpoints_take_exactly_the_options_with_their_defaults(client):
 def test_ui_helper_events_are_private():
     dependencies = app.build_demo(app.Settings()).config["dependencies"]
     public = {d["api_name"] for d in dependencies if d["api_visibility"] != "private"}
-    assert public == {"lipsync", "preview", "evaluate"}
+    assert public == {"lipsync", "lipsync_stream", "preview", "evaluate"}
 
 
 def test_lipsync_video(client):
@@ -143,6 +144,78 @@ def test_lipsync_video(client):
     curve = details["curve"]
     assert {series for _, _, series in curve} == {"output", "input"}
     assert all(math.isfinite(t) and math.isfinite(c) for t, c, _ in curve)
+
+
+class FirstPieceGate:
+    """Holds the engine, once it has handed over the first streamed piece, until ``seen()`` is called
+    (by whoever watches the stream), or ``PATIENCE`` seconds: the piece was seen mid-run only when
+    ``held`` ends True. Installed in place of ``app.client_gone`` (the engine asks it before each batch)."""
+
+    PATIENCE = 60.0
+
+    def __init__(self, monkeypatch) -> None:
+        self.handed, self._seen = threading.Event(), threading.Event()
+        self.held: bool | None = None
+        self.folder: Path | None = None  # where the pieces are written
+        gate = self
+        real_segments = app.Segments
+
+        class Watched(real_segments):
+            def _finish(self, *args, **kwargs):
+                super()._finish(*args, **kwargs)
+                if self.written:  # a piece was handed over (the first call, at frame 0, closes none)
+                    gate.folder = self.folder
+                    gate.handed.set()
+
+        monkeypatch.setattr(app, "Segments", Watched)
+        monkeypatch.setattr(app, "client_gone", lambda request: self.check)
+
+    def check(self) -> bool:
+        if self.handed.is_set() and self.held is None:
+            self.held = self._seen.wait(self.PATIENCE)
+        return False
+
+    def seen(self) -> None:
+        self._seen.set()
+
+
+def test_lipsync_stream_plays_pieces_before_the_run_ends(client, monkeypatch):
+    """/lipsync_stream: the first piece reaches the client while the engine is still generating (it waits
+    for the client here), then /lipsync's outputs come, the whole MP4 as the second one."""
+    gate = FirstPieceGate(monkeypatch)
+    job = client.submit(face_video=handle_file(str(CLIP)), audio=handle_file(str(SPEECH)), **FAST,
+                        api_name="/lipsync_stream")
+    updates = []
+    for update in job:
+        if isinstance(update[0], str) and update[0].endswith(".m3u8"):
+            gate.seen()  # gradio_client hands over the stream's playlist, as it stood, for each piece
+        updates.append(update)
+    assert gate.held is True, "the first piece reached the client only after the run"
+    playlists = [u[0] for u in updates if isinstance(u[0], str)]
+    assert len(playlists) >= 2
+    assert "#EXTINF" in Path(playlists[0]).read_text()
+    video, summary, details = job.result()[1:]
+    assert_playable_mp4(video, SPEECH)
+    assert "LSE-D" in summary
+    assert_scores(details["output"])
+    # the pieces, in the request's folder: each plays on its own, sound included, 2 s but the last
+    pieces = sorted(gate.folder.glob("*.mp4"))
+    assert len(pieces) == 4, pieces  # 118 frames: 15 + 50 + 50 + 3
+    for piece in pieces:
+        with av.open(str(piece)) as container:
+            assert container.streams.audio and container.streams.video[0].codec_context.name == "h264"
+            assert sum(1 for _ in container.decode(video=0)) in (15, 50, 3)
+
+
+def test_streamed_pieces_wait_for_their_sound(monkeypatch):
+    """Gradio's streaming encoder waits long enough for a piece's sound to go out with it (a longer wait
+    already set is kept)."""
+    from gradio import audio_stream_encoder as encoder
+
+    monkeypatch.setattr(encoder, "STARTUP_WAIT", 0.1)
+    monkeypatch.setattr(encoder, "STEADY_WAIT", 2.0)
+    assert app.patient_stream_audio(startup=1.0, steady=0.25)
+    assert (encoder.STARTUP_WAIT, encoder.STEADY_WAIT) == (1.0, 2.0)
 
 
 def test_the_input_is_scored_once_per_content(client, monkeypatch, tmp_path):
@@ -378,9 +451,9 @@ LEAVING_CLIENT = """
 import sys, time
 from gradio_client import Client, handle_file
 from gradio_client.utils import Status
-url, face, audio, box = sys.argv[1:]
+url, face, audio, box, endpoint = sys.argv[1:]
 job = Client(url, verbose=False).submit(face_image=handle_file(face), audio=handle_file(audio), box=box,
-                                        wav2lip_batch_size=16, score_input=False, api_name="/lipsync")
+                                        wav2lip_batch_size=16, score_input=False, api_name=endpoint)
 while job.status().code not in (Status.PROCESSING, Status.PROGRESS):
     time.sleep(0.1)
 print("running", flush=True)
@@ -388,7 +461,8 @@ time.sleep(600)
 """
 
 
-def test_a_client_that_leaves_mid_run_frees_the_engine(weights_dir, downloads, tmp_path, monkeypatch):
+@pytest.mark.parametrize("endpoint", ["/lipsync", "/lipsync_stream"])
+def test_a_client_that_leaves_mid_run_frees_the_engine(weights_dir, downloads, tmp_path, monkeypatch, endpoint):
     """The leaving client's run stops at its next batch: the next request does not wait for the rest of
     it (some 150 s of generating here), and the run's folder and temporary files are gone."""
     import signal
@@ -409,7 +483,7 @@ def test_a_client_that_leaves_mid_run_frees_the_engine(weights_dir, downloads, t
     before = request_folders()
     with serve_app() as url:
         leaving = subprocess.Popen([sys.executable, "-c", LEAVING_CLIENT, url, str(STILL), str(long_speech),
-                                    FACE_BOX], stdout=subprocess.PIPE, text=True)
+                                    FACE_BOX, endpoint], stdout=subprocess.PIPE, text=True)
         try:
             assert leaving.stdout.readline().strip() == "running"
             time.sleep(3)  # well into the 1500 frames
