@@ -43,12 +43,12 @@ from gradio.utils import get_upload_folder
 from face_detection.s3fd import S3FD
 from face_detection.sfd_face import SFDFace
 from lipsync import model as wav2lip_model
-from lipsync import optspec, weights
+from lipsync import optspec, precision, weights
 from lipsync.errors import Cancelled, InputError, LipSyncError
 from lipsync.hashing import content_key, file_sha256
 from lipsync.media import MediaInfo, audio_duration, probe
 from lipsync.model import Wav2Lip
-from lipsync.options import LipSyncOptions
+from lipsync.options import CHECKPOINTS, LipSyncOptions
 from lipsync.optspec import Parameter, option
 from lipsync.pipeline import LipSync, LipSyncResult
 from lipsync.segments import Segments
@@ -73,9 +73,11 @@ log = logging.getLogger("app")
 
 EXAMPLES = Path(__file__).resolve().parent / "examples"
 WEIGHT_NAMES = ("wav2lip_gan", "wav2lip", "s3fd", "syncnet_v2", "sfd_face")
-# ZeroGPU grants a GPU for at most this long per call; a 120 s clip takes well under a minute on a GPU
-GPU_SECONDS = 120
-PREVIEW_GPU_SECONDS = 20  # one frame: a shorter request waits less in ZeroGPU's queue
+# GPU time asked of ZeroGPU per call (see gpu_seconds); a shorter request waits less in its queue
+GPU_START_SECONDS = 15  # a worker starting, the weights moving onto its GPU
+GPU_LIPSYNC_PER_SECOND = 0.5  # per second of output
+GPU_SCORE_PER_SECOND = 0.5  # per second of video scored
+PREVIEW_GPU_SECONDS = 20  # one frame
 OUTPUT_DIR_NAME = "lipsync-outputs"
 # /lipsync_stream's pieces: Gradio's streaming video plays pieces of a second or more smoothly, at a few
 # FFmpeg runs per piece. Gradio re-encodes the sound with one AAC encoder per stream, which is still
@@ -110,6 +112,7 @@ class Settings:
     LIPSYNC_CONCURRENCY [1]    requests that run models at the same time (the rest wait in the queue)
     LIPSYNC_QUEUE_SIZE [20]    requests allowed to wait; more are turned away with "queue full"
     LIPSYNC_KEEP_SECONDS [3600] how long uploads and results stay on disk before they are deleted
+    LIPSYNC_GPU_MAX_SECONDS [120] on ZeroGPU, the most GPU time one request asks for
     """
 
     max_seconds: float = 120.0
@@ -118,11 +121,12 @@ class Settings:
     concurrency: int = 1
     queue_size: int = 20
     keep_seconds: int = 3600
+    gpu_max_seconds: int = 120
 
     ENV: ClassVar[dict[str, str]] = {
         "max_seconds": "LIPSYNC_MAX_SECONDS", "max_side": "LIPSYNC_MAX_SIDE", "max_mb": "LIPSYNC_MAX_MB",
         "concurrency": "LIPSYNC_CONCURRENCY", "queue_size": "LIPSYNC_QUEUE_SIZE",
-        "keep_seconds": "LIPSYNC_KEEP_SECONDS",
+        "keep_seconds": "LIPSYNC_KEEP_SECONDS", "gpu_max_seconds": "LIPSYNC_GPU_MAX_SECONDS",
     }
 
     @classmethod
@@ -192,6 +196,21 @@ class Models:
                 cls._shared = cls()
             return cls._shared
 
+    def preload(self) -> None:
+        """Load every network now, on this process's device, in fp32 and in the device's fast precision.
+
+        For ZeroGPU, whose documentation asks for models placed on "cuda" at start-up: it keeps them
+        aside when the app launches and puts them on each GPU call's device, so no call reads a
+        checkpoint.
+        """
+        engine, evaluator = self.engine(), self.evaluator()
+        for dtype in {torch.float32, precision.resolve("auto", engine.device)}:
+            for checkpoint in CHECKPOINTS:
+                engine.generator(checkpoint, dtype)
+            engine.detector(dtype)
+            evaluator.syncnet_for(dtype)
+            evaluator.detector_for(dtype)
+
     def engine(self) -> LipSync:
         """Call with ``engine_lock`` held."""
         if self._engine is None:
@@ -236,9 +255,34 @@ class ScoreCache:
                 self._items.popitem(last=False)
 
 
-def _on_gpu(fn: Callable, seconds: int = GPU_SECONDS) -> Callable:
-    """Wrap GPU work with spaces.GPU on ZeroGPU hardware; a no-op elsewhere."""
-    return spaces.GPU(duration=seconds)(fn) if spaces is not None else fn
+# -- device work ------------------------------------------------------------------------------------------
+# On ZeroGPU each function wrapped by _on_gpu runs in a GPU worker process: its arguments and results are
+# pickled (file paths and CPU data only), what it changes in memory stays there, and an exception other
+# than gr.Error reaches the user as its class name only; so every request makes one such call, readable
+# errors are gr.Error inside it, and the score cache is kept on this side of it.
+Scored = tuple["VideoResult | None", "str | None"]  # a video's scores, or why it could not be scored
+
+
+def _on_gpu(fn: Callable, duration: int | Callable[..., int]) -> Callable:
+    """``fn`` wrapped by spaces.GPU (which returns it unchanged outside ZeroGPU); ``duration``: seconds of
+    GPU time to ask for, or a function of ``fn``'s arguments that says how many."""
+    return spaces.GPU(duration=duration)(fn) if spaces is not None else fn
+
+
+def gpu_seconds(video_seconds: float, scored_seconds: float) -> int:
+    """GPU time to ask ZeroGPU for: a lip sync of ``video_seconds`` and scoring ``scored_seconds`` of video.
+
+    Not measured on ZeroGPU (no GPU was available while this was written): the rates assume a tenth of
+    the speed benchmarks/gpu_check.py targets (20x real time for each), plus the worker's start-up.
+    """
+    return math.ceil(GPU_START_SECONDS + video_seconds * GPU_LIPSYNC_PER_SECOND
+                     + scored_seconds * GPU_SCORE_PER_SECOND)
+
+
+def _lipsync_gpu_seconds(request: LipSyncRequest, input_scored: Scored | None, *_: Any, **__: Any) -> int:
+    """ZeroGPU's duration for _lipsync_on_device, called with its arguments (capped: check_gpu_time refused
+    longer requests before any work)."""
+    return min(request.gpu_seconds(input_scored is not None), Settings.from_env().gpu_max_seconds)
 
 
 def _run_engine(face: Path, audio: Path, output: Path, options: LipSyncOptions, voice: Path | None = None,
@@ -247,9 +291,6 @@ def _run_engine(face: Path, audio: Path, output: Path, options: LipSyncOptions, 
     with models.engine_lock:
         return models.engine().run(face, audio, output, options, voice=voice, segments=segments,
                                    should_stop=should_stop)
-
-
-_synthesize = _on_gpu(_run_engine)
 
 
 def _synthesize_in_pieces(face: Path, audio: Path, output: Path, options: LipSyncOptions, voice: Path | None = None,
@@ -294,24 +335,67 @@ def _synthesize_in_pieces(face: Path, audio: Path, output: Path, options: LipSyn
         thread.join()
 
 
-_synthesize_stream = _on_gpu(_synthesize_in_pieces)
+def _lipsync_on_device(request: LipSyncRequest, input_scored: Scored | None, stream: bool,
+                       should_stop: StopCheck | None = None) -> Iterator[tuple[str, Any]]:
+    """All the device work of a lip-sync request, as one call: the lip sync, then scoring the output and
+    (unless ``input_scored`` came from the cache) the input. Yields ``("segment", path)`` per finished
+    piece when ``stream``, then ``("done", (LipSyncResult, {"output": Scored, "input": Scored}))``."""
+    try:
+        if stream:
+            result = None
+            for kind, item in _synthesize_in_pieces(request.face, request.audio, request.output, request.options,
+                                                    request.voice, should_stop):
+                if kind == "segment":
+                    yield kind, item
+                else:
+                    result = item
+        else:
+            result = _run_engine(request.face, request.audio, request.output, request.options, request.voice,
+                                 should_stop)
+        scored = {"output": _score_or_message(request.output, request.scoring, should_stop)}
+        if request.scores_input:
+            scored["input"] = input_scored or _score_or_message(request.face_video, request.scoring, should_stop)
+        yield "done", (result, scored)
+    except LipSyncError as exc:  # here, where ZeroGPU would hand the user only its class name
+        raise gr.Error(str(exc), title="Cannot lip-sync this") from exc
 
 
-def _render_preview(face: Path, audio: Path, at_seconds: float, options: LipSyncOptions,
-                    voice: Path | None = None) -> np.ndarray:
+_lipsync_on_gpu = _on_gpu(_lipsync_on_device, _lipsync_gpu_seconds)
+
+
+def _preview_on_device(face: Path, audio: Path, at_seconds: float, options: LipSyncOptions,
+                       voice: Path | None = None) -> np.ndarray:
     models = Models.shared()
-    with models.engine_lock:
-        return models.engine().preview(face, audio, at_seconds, options, voice=voice)
+    try:
+        with models.engine_lock:
+            return models.engine().preview(face, audio, at_seconds, options, voice=voice)
+    except LipSyncError as exc:
+        raise gr.Error(str(exc), title="Cannot preview this") from exc
 
 
-_render_preview = _on_gpu(_render_preview, PREVIEW_GPU_SECONDS)
+_render_preview = _on_gpu(_preview_on_device, PREVIEW_GPU_SECONDS)
 
 
-@_on_gpu
 def _score(path: Path, options: EvalOptions, should_stop: StopCheck | None = None) -> VideoResult:
     models = Models.shared()
     with models.evaluator_lock:
         return models.evaluator().evaluate(path, options, should_stop=should_stop)
+
+
+def _score_or_message(path: Path, options: EvalOptions, should_stop: StopCheck | None = None) -> Scored:
+    """The scores, or the evaluator's message when the video cannot be scored (no face track, no audio...)."""
+    try:
+        return _score(path, options, should_stop), None
+    except LipSyncError as exc:
+        return None, str(exc)
+
+
+def _score_gpu_seconds(path: Path, *_: Any, **__: Any) -> int:
+    seconds = probe(path).duration or Settings.from_env().max_seconds
+    return min(gpu_seconds(0, seconds), Settings.from_env().gpu_max_seconds)
+
+
+_score_on_gpu = _on_gpu(_score_or_message, _score_gpu_seconds)
 
 
 def client_gone(request: gr.Request | None) -> StopCheck | None:
@@ -474,20 +558,21 @@ def _finite_or_none(value: float | None) -> float | None:
     return float(value) if value is not None and math.isfinite(value) else None
 
 
-def _score_safely(path: Path, options: EvalOptions,
-                  should_stop: StopCheck | None = None) -> tuple[VideoResult | None, str | None]:
+def _score_safely(path: Path, options: EvalOptions, should_stop: StopCheck | None = None) -> Scored:
     """Scores (from the cache when this content was scored so already), or the evaluator's message when
     the video cannot be scored (no face track, no audio...)."""
     cache = Models.shared().scores
     try:
         key = cache.key(path, options)
-        result = cache.get(key, path)
-        if result is None:
-            result = _score(path, options, should_stop)
-            cache.put(key, result)
-        return result, None
     except LipSyncError as exc:
         return None, str(exc)
+    result = cache.get(key, path)
+    if result is not None:
+        return result, None
+    result, message = _score_on_gpu(path, options, should_stop)
+    if result is not None:
+        cache.put(key, result)
+    return result, message
 
 
 def _scores_markdown(rows: list[tuple[str, dict[str, Any]]]) -> str:
@@ -628,6 +713,28 @@ class LipSyncRequest:
     scoring: EvalOptions
     folder: Path
     output: Path
+    seconds: float  # of the output: the audio's length
+
+    @property
+    def scores_input(self) -> bool:
+        """Whether the input is scored too: asked for, and a video with its own sound."""
+        return bool(self.score_input and self.face_video and self.face_info.has_audio)
+
+    def gpu_seconds(self, input_cached: bool = False) -> int:
+        """GPU time for the lip sync and its scorings (see gpu_seconds)."""
+        input_seconds = (self.face_info.duration or 0.0) if self.scores_input and not input_cached else 0.0
+        scored = self.seconds + input_seconds
+        return gpu_seconds(self.seconds, scored)
+
+    def check_gpu_time(self, settings: Settings) -> None:
+        """On ZeroGPU, refuse before any work a request that needs more GPU time than one call is given."""
+        needed = self.gpu_seconds()
+        if _on_zero_gpu() and needed > settings.gpu_max_seconds:
+            per_second = GPU_LIPSYNC_PER_SECOND + 2 * GPU_SCORE_PER_SECOND
+            shorter = (settings.gpu_max_seconds - GPU_START_SECONDS) / per_second
+            raise InputError(f"this request needs about {needed} s of GPU time and this Space grants up to "
+                             f"{settings.gpu_max_seconds} s per request: trim the audio to about {shorter:.0f} s, "
+                             "or turn off scoring the input (LIPSYNC_GPU_MAX_SECONDS sets the limit)")
 
     @classmethod
     def checked(cls, values: dict[str, Any], settings: Settings) -> LipSyncRequest:
@@ -637,10 +744,17 @@ class LipSyncRequest:
         options = options_from(LipSyncOptions, values, LIPSYNC_PARAMS)
         score_input = options_from(InputScoring, values, INPUT_SCORING_PARAMS).score_input
         scoring = options_from(EvalOptions, values, SCORE_PARAMS)
+        seconds = audio_duration(Path(audio)) or settings.max_seconds
         folder = request_dir(settings)
-        return cls(Path(face), Path(audio), Path(voice) if voice else None,
-                   Path(values["face_video"]) if values["face_video"] else None, face_info, options, score_input,
-                   scoring, folder, folder / f"{_safe_stem(face)}_lipsync.mp4")
+        request = cls(Path(face), Path(audio), Path(voice) if voice else None,
+                      Path(values["face_video"]) if values["face_video"] else None, face_info, options, score_input,
+                      scoring, folder, folder / f"{_safe_stem(face)}_lipsync.mp4", seconds)
+        try:
+            request.check_gpu_time(settings)
+        except InputError:
+            shutil.rmtree(folder, ignore_errors=True)
+            raise
+        return request
 
 
 @contextmanager
@@ -658,25 +772,33 @@ def _lipsync_errors() -> Iterator[Callable[[LipSyncRequest], None]]:
         raise
 
 
+def _lipsync_run(request: LipSyncRequest, stream: bool, should_stop: StopCheck | None) -> Iterator[tuple[str, Any]]:
+    """The request's device work (one GPU call), with the input's score from the cache and kept there."""
+    cache = Models.shared().scores
+    key, cached = None, None
+    if request.scores_input:
+        key = cache.key(request.face_video, request.scoring)
+        if (known := cache.get(key, request.face_video)) is not None:
+            cached = (known, None)
+    for kind, item in _lipsync_on_gpu(request, cached, stream, should_stop):
+        if kind == "done" and key is not None and cached is None and item[1]["input"][0] is not None:
+            cache.put(key, item[1]["input"][0])
+        yield kind, item
+
+
 def _lipsync(values: dict[str, Any], progress: gr.Progress,
              should_stop: StopCheck | None) -> tuple[str, str, dict[str, Any]]:
     with _lipsync_errors() as keep:
         request = LipSyncRequest.checked(values, Settings.from_env())
         keep(request)
-        progress(0, desc="lip sync")
-        result = _synthesize(request.face, request.audio, request.output, request.options, request.voice,
-                             should_stop)
-        return _scored_outputs(request, result, progress, should_stop)
+        progress(0, desc="lip sync, then scoring")
+        *_, (_, (result, scored)) = _lipsync_run(request, False, should_stop)
+        return _outputs(request, result, scored)
 
 
-def _scored_outputs(request: LipSyncRequest, result: LipSyncResult, progress: gr.Progress,
-                    should_stop: StopCheck | None) -> tuple[str, str, dict[str, Any]]:
-    """Score the lip-synced output (and the input, when asked and it has sound): /lipsync's three outputs."""
-    progress(0, desc="scoring the result")
-    scored = {"output": _score_safely(request.output, request.scoring, should_stop)}
-    if request.score_input and request.face_video and request.face_info.has_audio:
-        progress(0, desc="scoring the input")
-        scored["input"] = _score_safely(request.face_video, request.scoring, should_stop)
+def _outputs(request: LipSyncRequest, result: LipSyncResult,
+             scored: dict[str, Scored]) -> tuple[str, str, dict[str, Any]]:
+    """/lipsync's three outputs: the video, the Markdown summary, the JSON details."""
     out_scores = _result_dict(*scored["output"])
     in_scores = _result_dict(*scored["input"]) if "input" in scored else None
     rows = [("lip-synced output", out_scores)] + ([("input, with its own audio", in_scores)] if in_scores else [])
@@ -712,15 +834,12 @@ def _lipsync_stream(values: dict[str, Any], progress: gr.Progress,
     with _lipsync_errors() as keep:
         request = LipSyncRequest.checked(values, Settings.from_env())
         keep(request)
-        progress(0, desc="lip sync")
-        result = None
-        for kind, item in _synthesize_stream(request.face, request.audio, request.output, request.options,
-                                             request.voice, should_stop):
+        progress(0, desc="lip sync, then scoring")
+        for kind, item in _lipsync_run(request, True, should_stop):
             if kind == "segment":
                 yield str(item), gr.skip(), gr.skip(), gr.skip()
             else:
-                result = item
-        yield (gr.skip(), *_scored_outputs(request, result, progress, should_stop))
+                yield (gr.skip(), *_outputs(request, *item))
 
 
 run_lipsync_stream = endpoint(
@@ -914,7 +1033,7 @@ def _example_rows() -> tuple[list[list[str | None]], list[list[str | None]]]:
 
 
 def _device_note() -> str:
-    if spaces is not None:
+    if _on_zero_gpu():
         return "ZeroGPU (a GPU is attached per request)"
     if torch.cuda.is_available():
         return f"GPU ({torch.cuda.get_device_name(0)})"
@@ -1071,8 +1190,10 @@ def build_demo(settings: Settings | None = None, status: WeightsStatus | None = 
 
 def launch(demo: gr.Blocks, settings: Settings, *, host: str | None = None, port: int | None = None,
            share: bool = False, mcp: bool = False, block: bool = True) -> tuple[Any, str, str | None]:
-    """Start fetching the weights, then the server (``block=False`` returns at once, for tests);
-    returns (app, local_url, share_url)."""
+    """Start fetching the weights (on ZeroGPU: load every model first), then the server (``block=False``
+    returns at once, for tests); returns (app, local_url, share_url)."""
+    if _on_zero_gpu():
+        Models.shared().preload()
     demo.weights_status.start()
     return demo.launch(
         server_name=host, server_port=port, share=share, mcp_server=mcp or None,
