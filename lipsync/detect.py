@@ -15,13 +15,13 @@ from collections.abc import Iterable
 import cv2
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from face_detection.detector import MIN_SIDE, FaceDetector, Variant
 from face_detection.keyframes import mark_key_frames
 from lipsync import faces, weights
 from lipsync.errors import NoFaceError, WeightsError
 from lipsync.options import FULL_FRAME, LipSyncOptions
+from lipsync.progress import counted
 
 Detections = dict[int, np.ndarray]
 # Wav2Lip's S3FD runs on frames of at least this many pixels a side (see face_detection.detector)
@@ -84,7 +84,7 @@ class DetectionPass:
     def __init__(self, detector: FaceDetector, frames: Iterable[np.ndarray], n_frames: int,
                  options: LipSyncOptions) -> None:
         self.n_frames = n_frames
-        frames = tqdm(frames, total=n_frames, desc="face detection", unit="frame")
+        frames = counted(frames, total=n_frames, desc="face detection")
         if options.detection == "original":
             self._preset: EveryFrameDetection | KeyFrameDetection = EveryFrameDetection(
                 detector, batch_size=options.face_det_batch_size)

@@ -48,6 +48,7 @@ from lipsync import precision
 from lipsync.detect import load_detector
 from lipsync.errors import Cancelled, InputError
 from lipsync.media import MediaInfo, VideoSource, audio_duration, load_audio
+from lipsync.progress import counted
 from syncnet import scenes
 from syncnet.constants import AUDIO_RATE, CROP_SIZE, SAMPLES_PER_FRAME, VIDEO_FPS, WINDOW_FRAMES
 from syncnet.crops import JpegRoundTrip, crop_face, smooth_track
@@ -263,7 +264,7 @@ class _Scoring:
 
     def progress_bar(self, frames: Iterable, desc: str) -> Iterable:
         """The video's frames at 25 fps, with a progress bar."""
-        return tqdm(frames, total=_expected_frames(self.info), desc=desc, unit="frame", disable=not self.progress)
+        return counted(frames, total=_expected_frames(self.info), desc=desc, disable=not self.progress)
 
     def stoppable(self, frames: Iterable[T]) -> Iterator[T]:
         """``frames``, asking ``should_stop`` once a second of video (Cancelled when it says so)."""

@@ -11,12 +11,12 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from face_detection.detector import MIN_SIDE, FaceDetector, scaled_size
 from face_detection.keyframes import mark_key_frames
 from face_detection.tracking import MAX_MISSED_FRAMES, Track, link_tracks
 from lipsync.errors import NoFaceError
+from lipsync.progress import counted
 from syncnet import scenes
 from syncnet.constants import VIDEO_FPS
 from syncnet.options import MIN_FRAMES, EvalOptions
@@ -54,7 +54,7 @@ def detect_pass(frames: Iterable[np.ndarray], detector: FaceDetector, options: E
             dets[i] = d
         pending.clear()
 
-    frames = tqdm(frames, total=total, desc="face detection", unit="frame", disable=not progress)
+    frames = counted(frames, total=total, desc="face detection", disable=not progress)
     for index, frame, is_key in mark_key_frames(frames, options.detect_every):
         if scorer is None:
             scorer = scenes.ContentScorer(frame.shape[1])

@@ -218,6 +218,28 @@ def test_streamed_pieces_wait_for_their_sound(monkeypatch):
     assert (encoder.STARTUP_WAIT, encoder.STEADY_WAIT) == (1.0, 2.0)
 
 
+class BoxDetector:
+    """Stands in for S3FD (random weights find nothing): the examples' face box, in each frame's pixels."""
+
+    def detect(self, frames, scale: float = 1.0):
+        top, bottom, left, right = map(float, FACE_BOX.split())
+        return [np.array([[left, top, right, bottom, 0.99]], np.float32) * ([frame.shape[1] / 256] * 4 + [1])
+                for frame in frames]
+
+
+@pytest.mark.parametrize("endpoint", ["/lipsync", "/lipsync_stream"])
+def test_lipsync_with_face_detection(client, monkeypatch, endpoint):
+    """Faces detected as the render goes (the detection pass is read inside the render loop) while
+    Gradio tracks the progress bars: its bar stack must not trip over the interleaving."""
+    engine = app.Models.shared().engine()
+    monkeypatch.setattr(engine, "detector", lambda *_: BoxDetector())
+    job = client.submit(face_video=handle_file(str(CLIP)), audio=handle_file(str(SPEECH)), score_mode="whole-frame",
+                        score_input=False, cache_detections=False, api_name=endpoint)
+    video, _, details = job.result()[-3:]
+    assert_playable_mp4(video, SPEECH)
+    assert details["no_face_ranges"] == [] and details["timings"]["detect"] > 0
+
+
 def test_the_input_is_scored_once_per_content(client, monkeypatch, tmp_path):
     """The same face video with other speech: the input's score comes from the cache the second time."""
     scored: list[str] = []
