@@ -519,7 +519,7 @@ def test_extreme_aspect_ratio_reaches_the_real_detector(engine, short_speech, tm
             seen.extend(f.shape for f in frames)
             return real.detect(frames, **kwargs)
 
-    monkeypatch.setattr(engine, "detector", lambda: Recording())
+    monkeypatch.setattr(engine, "detector", lambda *_: Recording())
     clip = plain_clip(tmp_path / "strip.mp4", 1920, 40)
     try:
         engine.run(clip, short_speech, tmp_path / "strip_out.mp4", LipSyncOptions(cache_detections=False))
@@ -537,7 +537,7 @@ class ThinBoxDetector:
 
 def test_one_pixel_boxes_reach_the_generator(engine, short_speech, tmp_path, monkeypatch):
     """Detected and fixed boxes one pixel wide: the 96x96 crop is an upscaled column, pasted back into it."""
-    monkeypatch.setattr(engine, "detector", lambda: ThinBoxDetector())
+    monkeypatch.setattr(engine, "detector", lambda *_: ThinBoxDetector())
     clip = plain_clip(tmp_path / "plain.mp4", 160, 120)
     out = tmp_path / "thin.mkv"
     result = engine.run(clip, short_speech, out, LipSyncOptions(detection="original", nosmooth=True, pads=(0, 0, 0, 0),
