@@ -6,22 +6,30 @@ copied into this repository and none of their files is changed. Each script is e
 ``python SCRIPT ARGS`` would run it, after run-time patches of the libraries it calls, each one only what a
 CPU with torch 2, librosa >= 0.10 and numpy 2 needs (see benchmarks/README.md for why each is needed):
 
-- Wav2Lip: ``librosa.filters.mel`` accepts ``sr`` and ``n_fft`` positionally again.
-- syncnet_python: an empty ``torchvision`` module; ``np.int`` is ``int`` again; ``S3FD(device='cuda')`` is
-  built on the CPU; ``.cuda()`` of a module or a tensor returns it unchanged; ``cv2.split`` returns a list
-  (for PySceneDetect 0.5.1, the version it pins).
+- Wav2Lip: ``librosa.filters.mel`` accepts ``sr`` and ``n_fft`` positionally again (keyword-only since
+  librosa 0.10; its ``audio.py`` passes them positionally).
+- syncnet_python: ``S3FD(device='cuda')`` (hard-coded in ``run_pipeline.py``) is built on the CPU, and
+  ``.cuda()`` of a module or a tensor (``SyncNetInstance.py``) returns it unchanged; ``np.int`` is ``int``
+  again (removed in numpy 1.24; its NMS calls it on every frame); an empty ``torchvision`` module where
+  torchvision is not installed (its S3FD imports ``torchvision.transforms`` and never uses it, and a
+  torchvision wheel pins its own torch, which would replace the CPU torch under test); ``cv2.split`` returns
+  a list (PySceneDetect 0.5.1, the version it pins, assigns into it; current OpenCV returns a tuple).
 - Both: standard input is /dev/null, so that the ``pdb.set_trace()`` the scripts fall into when ffmpeg
   fails ends the run instead of waiting for a terminal.
+- Both: the generated checkpoints are symlinked where each reads its own (``link_checkpoints``; never over
+  a real file), since their paths are fixed in their code.
 
 Planted detections, as ``PlantedDetector`` does for our code: the generated weights are random, so the
 real S3FD finds no face. The originals' S3FD entry points (Wav2Lip's ``SFDDetector.detect_from_batch``,
 syncnet_python's ``S3FD.detect_faces``) are wrapped: the real method runs on exactly what the script hands
 it (timed), then the answer is the clip's true face box for each frame, read from its frame-index code and
 given in the pixels of the frame handed in. With random weights the networks' face scores also pass the
-0.05 candidate threshold at most anchors (77,107 of a 720p frame's), and the originals' per-candidate
-Python loops then cost more than the network (about 25 s per 720p frame in Wav2Lip's), which real weights
-on a talking head never do; so by default the networks' scores are made to say "background" everywhere
-before the originals' own post-processing reads them (``random_scores`` keeps them as they are).
+0.05 candidate threshold at every anchor (all 77,107 of a 720p frame's, with the generated s3fd.pth), and
+the originals' per-candidate Python loops then cost more than the network (Wav2Lip's ``batch_detect`` on
+one 720p frame: 41 s of network and 49 s of candidate loop before its NMS, one thread on a busy machine),
+which real weights on a talking head never do; so by default the networks' scores are made to say
+"background" everywhere before the originals' own post-processing reads them (``random_scores`` keeps them
+as they are).
 """
 
 from __future__ import annotations
