@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from benchmarks import bench_original, original
-from benchmarks._common import HEIGHT, PLANTED_SCORE, WIDTH, draw_index, planted_row
+from benchmarks._common import HEIGHT, PLANTED_SCORE, WIDTH, ChildRun, draw_index, planted_row
 
 BOXES = np.array([[100.0, 80.0, 300.0, 320.0], [500.0, 200.0, 700.0, 460.0], [40.0, 40.0, 240.0, 280.0]],
                  dtype=np.float32)
@@ -166,3 +166,29 @@ def test_default_comparisons_follow_the_checkouts_given(tmp_path: Path):
                  ["--original-syncnet", str(tmp_path / "missing")]):
         with pytest.raises(SystemExit):
             bench_original.comparisons(parser, parser.parse_args(argv))
+
+
+def _run(result: dict, wall_s: float, maxrss_mb: float) -> ChildRun:
+    return ChildRun(result=result, maxrss_mb=maxrss_mb, wall_s=wall_s, cpu_s=wall_s, load_before=0.0, load_after=0.0,
+                    others_share=0.0)
+
+
+def test_side_by_side_adds_the_two_syncnet_scripts_and_sets_the_scores_beside_ours(tmp_path: Path, capsys):
+    common = {"n_frames": 125, "load_s": 1.0, "detector_frames": 0}
+    track = {"track": "00000.avi", "offset": 3, "lse_c": 1.5, "lse_d": 7.25, "windows": 120}
+    done = [
+        (bench_original.Job("ours scoring reference", 5, "", {}),
+         _run({**common, "e2e_s": 20.0, "lse_d": 7.5, "lse_c": 1.25, "offset": 3.0, "tracks": []}, 25.0, 1000.0)),
+        (bench_original.Job("run_pipeline.py", 5, "", {}), _run({**common, "e2e_s": 60.0, "n_tracks": 1}, 70.0, 500.0)),
+        (bench_original.Job("run_syncnet.py", 5, "", {}), _run({**common, "e2e_s": 20.0, "tracks": [track]}, 30.0,
+                                                                1500.0)),
+    ]
+    args = _args(tmp_path, "--seconds", "5", "--ours-scoring", "reference")
+    bench_original.report(done, ["scoring"], args)
+    out = capsys.readouterr().out
+    side = next(line for line in out.splitlines() if line.startswith("| 5 s  | run_pipeline.py + run_syncnet.py"))
+    cells = [c.strip() for c in side.strip("|").split("|")]
+    # original 60 + 20 s against ours 20 s; processes 70 + 30 against 25; the higher peak, 1500 against 1000 MB
+    assert cells[3:] == ["80.0", "20.0", "4.0x", "4.0x", "1500", "1000", "1.5x"]
+    scores = next(line for line in out.splitlines() if line.startswith("| 5 s  | ours scoring reference"))
+    assert [c.strip() for c in scores.strip("|").split("|")][2:] == ["7.250", "7.500", "1.500", "1.250", "3", "3"]
