@@ -1,10 +1,11 @@
 """The Space: a Gradio UI over the lip-sync engine (``lipsync``) and the SyncNet evaluator (``syncnet``).
 
-This is the only file that imports gradio. Handlers (``lipsync``, ``preview``, ``evaluate``) are plain
-functions of their inputs: the UI, the named API endpoints ``/lipsync``, ``/preview`` and ``/evaluate`` and
-the tests all call the same code. Importing this module loads and downloads nothing: models load once,
-on first use, and are shared by every request of the process; weights are fetched in a background
-thread when the app is built, and the page shows their status.
+This is the only file that imports gradio. Handlers (``run_lipsync``, ``run_lipsync_stream``,
+``run_preview``, ``run_evaluate``) are plain functions of their inputs: the UI, the named API endpoints
+``/lipsync``, ``/lipsync_stream``, ``/preview`` and ``/evaluate`` and the tests all call the same code.
+Importing this module loads and downloads nothing: models load once, on first use, and are shared by
+every request of the process; weights are fetched in a background thread when the app is built, and
+the page shows their status.
 
 Run: ``python app.py [--host HOST] [--port PORT] [--share] [--mcp]``. Environment: see ``Settings``.
 """
@@ -12,12 +13,14 @@ Run: ``python app.py [--host HOST] [--port PORT] [--share] [--mcp]``. Environmen
 from __future__ import annotations
 
 import argparse
+import contextvars
 import dataclasses
 import importlib.util
 import inspect
 import logging
 import math
 import os
+import queue
 import re
 import shutil
 import sys
@@ -25,7 +28,8 @@ import threading
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, ClassVar
@@ -36,15 +40,22 @@ import pandas as pd
 import torch
 from gradio.utils import get_upload_folder
 
-from lipsync import optspec, weights
-from lipsync.errors import InputError, LipSyncError
+from face_detection.s3fd import S3FD
+from face_detection.sfd_face import SFDFace
+from lipsync import model as wav2lip_model
+from lipsync import optspec, precision, weights
+from lipsync.errors import Cancelled, InputError, LipSyncError
 from lipsync.hashing import content_key, file_sha256
 from lipsync.media import MediaInfo, audio_duration, probe
-from lipsync.options import LipSyncOptions
+from lipsync.model import Wav2Lip
+from lipsync.options import CHECKPOINTS, LipSyncOptions
 from lipsync.optspec import Parameter, option
 from lipsync.pipeline import LipSync, LipSyncResult
+from lipsync.segments import Segments
+from syncnet import model as syncnet_model
 from syncnet.constants import VIDEO_FPS
 from syncnet.evaluate import SyncNetEvaluator, VideoResult
+from syncnet.model import SyncNet
 from syncnet.options import EvalOptions
 
 try:  # Hugging Face ZeroGPU hardware: GPU work must run inside functions wrapped by spaces.GPU
@@ -52,14 +63,29 @@ try:  # Hugging Face ZeroGPU hardware: GPU work must run inside functions wrappe
 except ImportError:
     spaces = None
 
+
+def _on_zero_gpu() -> bool:
+    """spaces.GPU runs functions in another process (arguments pickled) only on ZeroGPU hardware,
+    which the package reads from SPACES_ZERO_GPU; elsewhere it returns the function itself."""
+    return spaces is not None and bool(spaces.config.Config.zero_gpu)
+
 log = logging.getLogger("app")
 
 EXAMPLES = Path(__file__).resolve().parent / "examples"
 WEIGHT_NAMES = ("wav2lip_gan", "wav2lip", "s3fd", "syncnet_v2", "sfd_face")
-# ZeroGPU grants a GPU for at most this long per call; a 120 s clip takes well under a minute on a GPU
-GPU_SECONDS = 120
-PREVIEW_GPU_SECONDS = 20  # one frame: a shorter request waits less in ZeroGPU's queue
+# GPU time asked of ZeroGPU per call (see gpu_seconds); a shorter request waits less in its queue
+GPU_START_SECONDS = 15  # a worker starting, the weights moving onto its GPU
+GPU_LIPSYNC_PER_SECOND = 0.5  # per second of output
+GPU_SCORE_PER_SECOND = 0.5  # per second of video scored
+PREVIEW_GPU_SECONDS = 20  # one frame
 OUTPUT_DIR_NAME = "lipsync-outputs"
+# /lipsync_stream's pieces: Gradio's streaming video plays pieces of a second or more smoothly, at a few
+# FFmpeg runs per piece. Gradio re-encodes the sound with one AAC encoder per stream, which is still
+# starting when the first piece comes and sends most of its sound with the second piece: the page
+# can play once the second piece is in, so the first is short
+SEGMENT_SECONDS = 2.0
+FIRST_SEGMENT_SECONDS = 0.6
+StopCheck = Callable[[], bool]  # asked by the engine and the evaluator as they go: True stops the run
 
 
 # -- settings ------------------------------------------------------------------------------------------
@@ -86,6 +112,7 @@ class Settings:
     LIPSYNC_CONCURRENCY [1]    requests that run models at the same time (the rest wait in the queue)
     LIPSYNC_QUEUE_SIZE [20]    requests allowed to wait; more are turned away with "queue full"
     LIPSYNC_KEEP_SECONDS [3600] how long uploads and results stay on disk before they are deleted
+    LIPSYNC_GPU_MAX_SECONDS [120] on ZeroGPU, the most GPU time one request asks for
     """
 
     max_seconds: float = 120.0
@@ -94,11 +121,12 @@ class Settings:
     concurrency: int = 1
     queue_size: int = 20
     keep_seconds: int = 3600
+    gpu_max_seconds: int = 120
 
     ENV: ClassVar[dict[str, str]] = {
         "max_seconds": "LIPSYNC_MAX_SECONDS", "max_side": "LIPSYNC_MAX_SIDE", "max_mb": "LIPSYNC_MAX_MB",
         "concurrency": "LIPSYNC_CONCURRENCY", "queue_size": "LIPSYNC_QUEUE_SIZE",
-        "keep_seconds": "LIPSYNC_KEEP_SECONDS",
+        "keep_seconds": "LIPSYNC_KEEP_SECONDS", "gpu_max_seconds": "LIPSYNC_GPU_MAX_SECONDS",
     }
 
     @classmethod
@@ -168,6 +196,21 @@ class Models:
                 cls._shared = cls()
             return cls._shared
 
+    def preload(self) -> None:
+        """Load every network now, on this process's device, in fp32 and in the device's fast precision.
+
+        For ZeroGPU, whose documentation asks for models placed on "cuda" at start-up: it keeps them
+        aside when the app launches and puts them on each GPU call's device, so no call reads a
+        checkpoint.
+        """
+        engine, evaluator = self.engine(), self.evaluator()
+        for dtype in {torch.float32, precision.resolve("auto", engine.device)}:
+            for checkpoint in CHECKPOINTS:
+                engine.generator(checkpoint, dtype)
+            engine.detector(dtype)
+            evaluator.syncnet_for(dtype)
+            evaluator.detector_for(dtype)
+
     def engine(self) -> LipSync:
         """Call with ``engine_lock`` held."""
         if self._engine is None:
@@ -212,43 +255,219 @@ class ScoreCache:
                 self._items.popitem(last=False)
 
 
-def _on_gpu(fn: Callable, seconds: int = GPU_SECONDS) -> Callable:
-    """Wrap GPU work with spaces.GPU on ZeroGPU hardware; a no-op elsewhere."""
-    return spaces.GPU(duration=seconds)(fn) if spaces is not None else fn
+# -- device work ------------------------------------------------------------------------------------------
+# On ZeroGPU each function wrapped by _on_gpu runs in a GPU worker process: its arguments and results are
+# pickled (file paths and CPU data only), what it changes in memory stays there, and an exception other
+# than gr.Error reaches the user as its class name only; so every request makes one such call, readable
+# errors are gr.Error inside it, and the score cache is kept on this side of it.
+Scored = tuple["VideoResult | None", "str | None"]  # a video's scores, or why it could not be scored
 
 
-@_on_gpu
-def _synthesize(face: Path, audio: Path, output: Path, options: LipSyncOptions,
-                voice: Path | None = None) -> LipSyncResult:
+def _on_gpu(fn: Callable, duration: int | Callable[..., int]) -> Callable:
+    """``fn`` wrapped by spaces.GPU (which returns it unchanged outside ZeroGPU); ``duration``: seconds of
+    GPU time to ask for, or a function of ``fn``'s arguments that says how many."""
+    return spaces.GPU(duration=duration)(fn) if spaces is not None else fn
+
+
+def gpu_seconds(video_seconds: float, scored_seconds: float) -> int:
+    """GPU time to ask ZeroGPU for: a lip sync of ``video_seconds`` and scoring ``scored_seconds`` of video.
+
+    Not measured on ZeroGPU (no GPU was available while this was written): the rates assume a tenth of
+    the speed benchmarks/gpu_check.py targets (20x real time for each), plus the worker's start-up.
+    """
+    return math.ceil(GPU_START_SECONDS + video_seconds * GPU_LIPSYNC_PER_SECOND
+                     + scored_seconds * GPU_SCORE_PER_SECOND)
+
+
+def _lipsync_gpu_seconds(request: LipSyncRequest, input_scored: Scored | None, *_: Any, **__: Any) -> int:
+    """ZeroGPU's duration for _lipsync_on_device, called with its arguments (capped: check_gpu_time refused
+    longer requests before any work)."""
+    return min(request.gpu_seconds(input_scored is not None), Settings.from_env().gpu_max_seconds)
+
+
+def _run_engine(face: Path, audio: Path, output: Path, options: LipSyncOptions, voice: Path | None = None,
+                should_stop: StopCheck | None = None, segments: Segments | None = None) -> LipSyncResult:
     models = Models.shared()
     with models.engine_lock:
-        return models.engine().run(face, audio, output, options, voice=voice)
+        return models.engine().run(face, audio, output, options, voice=voice, segments=segments,
+                                   should_stop=should_stop)
 
 
-def _render_preview(face: Path, audio: Path, at_seconds: float, options: LipSyncOptions,
-                    voice: Path | None = None) -> np.ndarray:
+def _synthesize_in_pieces(face: Path, audio: Path, output: Path, options: LipSyncOptions, voice: Path | None = None,
+                          should_stop: StopCheck | None = None) -> Iterator[tuple[str, Any]]:
+    """The lip sync, yielding ``("segment", path)`` for each playable piece of the output as it is
+    finished, then ``("done", LipSyncResult)``.
+
+    The engine runs in a thread and hands the pieces over through a queue, so a piece goes out as soon
+    as it is written, whatever the consumer does meanwhile. When the consumer stops listening (the
+    generator is closed), the engine stops at its next batch and the thread is joined.
+    """
+    pieces: queue.Queue[tuple[str, Any]] = queue.Queue()
+    closed = threading.Event()
+
+    def stopped() -> bool:
+        return closed.is_set() or (should_stop is not None and should_stop())
+
+    def work() -> None:
+        try:
+            folder = output.parent / "segments"
+            folder.mkdir(exist_ok=True)
+            segments = Segments(folder, SEGMENT_SECONDS, lambda path: pieces.put(("segment", path)),
+                                first_seconds=FIRST_SEGMENT_SECONDS)
+            pieces.put(("done", _run_engine(face, audio, output, options, voice, stopped, segments)))
+        except BaseException as exc:  # noqa: BLE001 - handed to the consumer, which raises it
+            pieces.put(("error", exc))
+
+    # a copy of the request's context: Gradio's progress tracking (track_tqdm) finds its event there
+    thread = threading.Thread(target=contextvars.copy_context().run, args=(work,), name="lipsync-stream",
+                              daemon=True)
+    thread.start()
+    try:
+        while True:
+            kind, item = pieces.get()
+            if kind == "error":
+                raise item
+            yield kind, item
+            if kind == "done":
+                return
+    finally:
+        closed.set()
+        thread.join()
+
+
+def _lipsync_on_device(request: LipSyncRequest, input_scored: Scored | None, stream: bool,
+                       should_stop: StopCheck | None = None) -> Iterator[tuple[str, Any]]:
+    """All the device work of a lip-sync request, as one call: the lip sync, then scoring the output and
+    (unless ``input_scored`` came from the cache) the input. Yields ``("segment", path)`` per finished
+    piece when ``stream``, then ``("done", (LipSyncResult, {"output": Scored, "input": Scored}))``."""
+    try:
+        if stream:
+            result = None
+            for kind, item in _synthesize_in_pieces(request.face, request.audio, request.output, request.options,
+                                                    request.voice, should_stop):
+                if kind == "segment":
+                    yield kind, item
+                else:
+                    result = item
+        else:
+            result = _run_engine(request.face, request.audio, request.output, request.options, request.voice,
+                                 should_stop)
+        scored = {"output": _score_or_message(request.output, request.scoring, should_stop)}
+        if request.scores_input:
+            scored["input"] = input_scored or _score_or_message(request.face_video, request.scoring, should_stop)
+        yield "done", (result, scored)
+    except LipSyncError as exc:  # here, where ZeroGPU would hand the user only its class name
+        raise gr.Error(str(exc), title="Cannot lip-sync this") from exc
+
+
+_lipsync_on_gpu = _on_gpu(_lipsync_on_device, _lipsync_gpu_seconds)
+
+
+def _preview_on_device(face: Path, audio: Path, at_seconds: float, options: LipSyncOptions,
+                       voice: Path | None = None) -> np.ndarray:
     models = Models.shared()
-    with models.engine_lock:
-        return models.engine().preview(face, audio, at_seconds, options, voice=voice)
+    try:
+        with models.engine_lock:
+            return models.engine().preview(face, audio, at_seconds, options, voice=voice)
+    except LipSyncError as exc:
+        raise gr.Error(str(exc), title="Cannot preview this") from exc
 
 
-_render_preview = _on_gpu(_render_preview, PREVIEW_GPU_SECONDS)
+_render_preview = _on_gpu(_preview_on_device, PREVIEW_GPU_SECONDS)
 
 
-@_on_gpu
-def _score(path: Path, options: EvalOptions) -> VideoResult:
+def _score(path: Path, options: EvalOptions, should_stop: StopCheck | None = None) -> VideoResult:
     models = Models.shared()
     with models.evaluator_lock:
-        return models.evaluator().evaluate(path, options)
+        return models.evaluator().evaluate(path, options, should_stop=should_stop)
+
+
+def _score_or_message(path: Path, options: EvalOptions, should_stop: StopCheck | None = None) -> Scored:
+    """The scores, or the evaluator's message when the video cannot be scored (no face track, no audio...)."""
+    try:
+        return _score(path, options, should_stop), None
+    except LipSyncError as exc:
+        return None, str(exc)
+
+
+def _score_gpu_seconds(path: Path, *_: Any, **__: Any) -> int:
+    seconds = probe(path).duration or Settings.from_env().max_seconds
+    return min(gpu_seconds(0, seconds), Settings.from_env().gpu_max_seconds)
+
+
+_score_on_gpu = _on_gpu(_score_or_message, _score_gpu_seconds)
+
+
+def client_gone(request: gr.Request | None) -> StopCheck | None:
+    """True once the request's client has disconnected, for the engine to stop and free the models.
+
+    Gradio marks a session's running events dead when its event stream closes, but offers no
+    public way to ask; this reads its queue (tests/test_app.py checks it still works). None where
+    there is no request (direct calls) and on ZeroGPU, whose GPU functions get pickled arguments
+    in another process, where the queue cannot be seen.
+    """
+    connection = getattr(request, "request", None)
+    session = getattr(request, "session_hash", None)
+    if connection is None or session is None or _on_zero_gpu():
+        return None
+    queue = connection.app.get_blocks()._queue
+
+    def gone() -> bool:
+        events = [e for job in queue.active_jobs if job for e in job if e.session_hash == session]
+        return bool(events) and not any(e.alive for e in events)
+
+    return gone
+
+
+def patient_stream_audio(startup: float = 1.0, steady: float = 0.25) -> bool:
+    """Let Gradio's streamed video send each piece's sound with the piece. Returns whether it could.
+
+    Gradio re-encodes the sound of streamed pieces with one FFmpeg AAC encoder per stream, and sends
+    with each piece the frames that encoder has put out after waiting ``STARTUP_WAIT`` (0.1 s) for the
+    first piece and ``STEADY_WAIT`` (5 ms) between reads. On 2 CPU cores that is a small part of a
+    piece's sound; the rest goes out with the next piece, and the browser, which plays only where it
+    has both picture and sound, plays each piece only once the next one is in (measured in Chromium:
+    0.19 s of sound buffered under a 0.4 s first piece, 0.38 s under the first 2.4 s; 0.32 s and 2.37 s
+    with the waits below). Longer waits cost the
+    pieces a quarter of a second each on their way out, in Gradio's threads, not the engine's.
+    """
+    try:
+        from gradio import audio_stream_encoder as encoder
+    except ImportError:
+        return False
+    if not all(isinstance(getattr(encoder, name, None), float) for name in ("STARTUP_WAIT", "STEADY_WAIT")):
+        return False
+    encoder.STARTUP_WAIT = max(encoder.STARTUP_WAIT, startup)
+    encoder.STEADY_WAIT = max(encoder.STEADY_WAIT, steady)
+    return True
 
 
 # -- weights status ------------------------------------------------------------------------------------
+# What each checkpoint must fit: (network, its name in messages, keys the file may lack)
+CHECKPOINT_NETWORKS: dict[str, tuple[Callable[[], torch.nn.Module], str, tuple[str, ...]]] = {
+    "wav2lip_gan": (Wav2Lip, wav2lip_model.LABEL, ()),
+    "wav2lip": (Wav2Lip, wav2lip_model.LABEL, ()),
+    "s3fd": (S3FD, "S3FD (s3fd)", ()),
+    "syncnet_v2": (SyncNet, syncnet_model.LABEL, syncnet_model.OPTIONAL_KEYS),
+    "sfd_face": (SFDFace, "S3FD (sfd_face)", ()),
+}
+
+
+def check_weights(name: str) -> Path:
+    """Resolve (download) a checkpoint and check that it reads and fits its network, cheaply: the file
+    is memory-mapped and compared by key names and shapes with the network built on the meta device."""
+    network, label, optional = CHECKPOINT_NETWORKS[name]
+    with torch.device("meta"):
+        model = network()
+    return weights.check_file(name, model, label=label, optional_suffixes=optional)
+
+
 @dataclass
 class WeightsStatus:
-    """Resolves every checkpoint in a background thread (downloads unless LIPSYNC_WEIGHTS_DIR is set)."""
+    """Fetches and checks every checkpoint in a background thread (downloads unless LIPSYNC_WEIGHTS_DIR is set)."""
 
     names: Sequence[str] = WEIGHT_NAMES
-    resolve: Callable[[str], Path] = weights.resolve
+    check: Callable[[str], Path] = check_weights
     state: dict[str, tuple[str, str]] = field(default_factory=dict)  # name -> (pending|ok|error, detail)
     _thread: threading.Thread | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -265,7 +484,7 @@ class WeightsStatus:
     def _run(self) -> None:
         for name in self.names:
             try:
-                path = self.resolve(name)
+                path = self.check(name)
             except LipSyncError as exc:
                 log.error("weights %s: %s", name, exc)
                 self.state[name] = ("error", str(exc))
@@ -283,7 +502,7 @@ class WeightsStatus:
             lines.append("Weights are being fetched in the background; a request made now waits for them.")
         for name, (kind, detail) in self.state.items():
             if kind == "error":
-                lines.append(f"- **{name} is missing**: {detail}")
+                lines.append(f"- **{name} cannot be used**: {detail}")
         return "\n\n".join(lines)
 
 
@@ -339,19 +558,21 @@ def _finite_or_none(value: float | None) -> float | None:
     return float(value) if value is not None and math.isfinite(value) else None
 
 
-def _score_safely(path: Path, options: EvalOptions) -> tuple[VideoResult | None, str | None]:
+def _score_safely(path: Path, options: EvalOptions, should_stop: StopCheck | None = None) -> Scored:
     """Scores (from the cache when this content was scored so already), or the evaluator's message when
     the video cannot be scored (no face track, no audio...)."""
     cache = Models.shared().scores
     try:
         key = cache.key(path, options)
-        result = cache.get(key, path)
-        if result is None:
-            result = _score(path, options)
-            cache.put(key, result)
-        return result, None
     except LipSyncError as exc:
         return None, str(exc)
+    result = cache.get(key, path)
+    if result is not None:
+        return result, None
+    result, message = _score_on_gpu(path, options, should_stop)
+    if result is not None:
+        cache.put(key, result)
+    return result, message
 
 
 def _scores_markdown(rows: list[tuple[str, dict[str, Any]]]) -> str:
@@ -404,27 +625,47 @@ SCORE_PARAMS = optspec.parameters(EvalOptions, prefix="score_", unprefixed=("min
 EVALUATE_PARAMS = optspec.parameters(EvalOptions)
 
 
+STOPPED = "The request was stopped: its client disconnected."
+
+
 def endpoint(body: Callable[..., Any], name: str, files: dict[str, str], params: list[Parameter],
-             summary: str, returns: str) -> Callable[..., Any]:
+             summary: str, returns: str, *, stream: bool = False) -> Callable[..., Any]:
     """A Gradio handler whose signature and docstring list ``files`` then ``params``.
 
     Gradio names the API parameters after the signature and shows the docstring; Python callers may
-    pass them by keyword too. The function calls ``body(values, progress)``, values keyed by name.
+    pass them by keyword too. The function calls ``body(values, progress, should_stop)``, values keyed
+    by name; ``should_stop`` (see ``client_gone``) is None when nothing can tell that the client left.
     """
     P = inspect.Parameter
     signature = inspect.Signature(
         [P(n, P.POSITIONAL_OR_KEYWORD, default=None) for n in files]
         + [P(p.name, P.POSITIONAL_OR_KEYWORD, default=p.default) for p in params]
-        + [P("progress", P.POSITIONAL_OR_KEYWORD, default=gr.Progress(track_tqdm=True))])
+        + [P("request", P.POSITIONAL_OR_KEYWORD, default=None, annotation=gr.Request),
+           P("progress", P.POSITIONAL_OR_KEYWORD, default=gr.Progress(track_tqdm=True))])
 
-    def handler(*args: Any, **kwargs: Any) -> Any:
+    def arguments(args: tuple, kwargs: dict) -> tuple[dict[str, Any], gr.Progress, StopCheck | None]:
         bound = signature.bind(*args, **kwargs)
         bound.apply_defaults()
         values = dict(bound.arguments)
         progress = values.pop("progress")
-        return body(values, progress)
+        return values, progress, client_gone(values.pop("request"))
 
+    def handler(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return body(*arguments(args, kwargs))
+        except Cancelled:  # nobody is listening any more; this only ends the event quietly
+            raise gr.Error(STOPPED) from None
+
+    def stream_handler(*args: Any, **kwargs: Any) -> Iterator[Any]:  # Gradio streams a generator function
+        try:
+            yield from body(*arguments(args, kwargs))
+        except Cancelled:
+            raise gr.Error(STOPPED) from None
+
+    if stream:
+        handler = stream_handler
     handler.__signature__ = signature
+    handler.__annotations__ = {"request": gr.Request}  # Gradio finds the parameter it fills in by type
     args = [f"{n}: {text}" for n, text in files.items()] + optspec.describe(params)
     handler.__doc__ = (summary + "\n\nArgs:\n" + "\n".join(f"    {line}" for line in args)
                        + f"\n\nReturns:\n    {returns}")
@@ -458,34 +699,106 @@ def _check_inputs(values: dict[str, Any], settings: Settings) -> MediaInfo:
     return face_info
 
 
-def _lipsync(values: dict[str, Any], progress: gr.Progress) -> tuple[str, str, dict[str, Any]]:
-    settings = Settings.from_env()
-    face, audio, voice = _face_and_audio(values)
-    face_video = values["face_video"]
-    folder: Path | None = None
-    try:
+@dataclass
+class LipSyncRequest:
+    """A /lipsync or /lipsync_stream request, checked: its files, options and result folder."""
+
+    face: Path
+    audio: Path
+    voice: Path | None
+    face_video: Path | None  # the face input when it is a video (scored as the input)
+    face_info: MediaInfo
+    options: LipSyncOptions
+    score_input: bool
+    scoring: EvalOptions
+    folder: Path
+    output: Path
+    seconds: float  # of the output: the audio's length
+
+    @property
+    def scores_input(self) -> bool:
+        """Whether the input is scored too: asked for, and a video with its own sound."""
+        return bool(self.score_input and self.face_video and self.face_info.has_audio)
+
+    def gpu_seconds(self, input_cached: bool = False) -> int:
+        """GPU time for the lip sync and its scorings (see gpu_seconds)."""
+        input_seconds = (self.face_info.duration or 0.0) if self.scores_input and not input_cached else 0.0
+        scored = self.seconds + input_seconds
+        return gpu_seconds(self.seconds, scored)
+
+    def check_gpu_time(self, settings: Settings) -> None:
+        """On ZeroGPU, refuse before any work a request that needs more GPU time than one call is given."""
+        needed = self.gpu_seconds()
+        if _on_zero_gpu() and needed > settings.gpu_max_seconds:
+            per_second = GPU_LIPSYNC_PER_SECOND + 2 * GPU_SCORE_PER_SECOND
+            shorter = (settings.gpu_max_seconds - GPU_START_SECONDS) / per_second
+            raise InputError(f"this request needs about {needed} s of GPU time and this Space grants up to "
+                             f"{settings.gpu_max_seconds} s per request: trim the audio to about {shorter:.0f} s, "
+                             "or turn off scoring the input (LIPSYNC_GPU_MAX_SECONDS sets the limit)")
+
+    @classmethod
+    def checked(cls, values: dict[str, Any], settings: Settings) -> LipSyncRequest:
+        """The request's limits and options checked (LipSyncError says what is wrong); its folder made."""
+        face, audio, voice = _face_and_audio(values)
         face_info = _check_inputs(values, settings)
         options = options_from(LipSyncOptions, values, LIPSYNC_PARAMS)
         score_input = options_from(InputScoring, values, INPUT_SCORING_PARAMS).score_input
         scoring = options_from(EvalOptions, values, SCORE_PARAMS)
+        seconds = audio_duration(Path(audio)) or settings.max_seconds
         folder = request_dir(settings)
-        output = folder / f"{_safe_stem(face)}_lipsync.mp4"
-        progress(0, desc="lip sync")
-        result = _synthesize(Path(face), Path(audio), output, options, Path(voice) if voice else None)
-        progress(0, desc="scoring the result")
-        scored = {"output": _score_safely(output, scoring)}
-        if score_input and face_video and face_info.has_audio:
-            progress(0, desc="scoring the input")
-            scored["input"] = _score_safely(Path(face_video), scoring)
-    except LipSyncError as exc:
-        if folder is not None:
+        request = cls(Path(face), Path(audio), Path(voice) if voice else None,
+                      Path(values["face_video"]) if values["face_video"] else None, face_info, options, score_input,
+                      scoring, folder, folder / f"{_safe_stem(face)}_lipsync.mp4", seconds)
+        try:
+            request.check_gpu_time(settings)
+        except InputError:
             shutil.rmtree(folder, ignore_errors=True)
-        raise gr.Error(str(exc), title="Cannot lip-sync this") from exc
-    except BaseException:
-        if folder is not None:
-            shutil.rmtree(folder, ignore_errors=True)
+            raise
+        return request
+
+
+@contextmanager
+def _lipsync_errors() -> Iterator[Callable[[LipSyncRequest], None]]:
+    """Around a lip-sync request: LipSyncError becomes gr.Error, and a failed request's folder is removed.
+    Yields the function that records the request once it is made (and its folder exists)."""
+    made: list[LipSyncRequest] = []
+    try:
+        yield made.append
+    except BaseException as exc:
+        for request in made:
+            shutil.rmtree(request.folder, ignore_errors=True)
+        if isinstance(exc, LipSyncError):
+            raise gr.Error(str(exc), title="Cannot lip-sync this") from exc
         raise
 
+
+def _lipsync_run(request: LipSyncRequest, stream: bool, should_stop: StopCheck | None) -> Iterator[tuple[str, Any]]:
+    """The request's device work (one GPU call), with the input's score from the cache and kept there."""
+    cache = Models.shared().scores
+    key, cached = None, None
+    if request.scores_input:
+        key = cache.key(request.face_video, request.scoring)
+        if (known := cache.get(key, request.face_video)) is not None:
+            cached = (known, None)
+    for kind, item in _lipsync_on_gpu(request, cached, stream, should_stop):
+        if kind == "done" and key is not None and cached is None and item[1]["input"][0] is not None:
+            cache.put(key, item[1]["input"][0])
+        yield kind, item
+
+
+def _lipsync(values: dict[str, Any], progress: gr.Progress,
+             should_stop: StopCheck | None) -> tuple[str, str, dict[str, Any]]:
+    with _lipsync_errors() as keep:
+        request = LipSyncRequest.checked(values, Settings.from_env())
+        keep(request)
+        progress(0, desc="lip sync, then scoring")
+        *_, (_, (result, scored)) = _lipsync_run(request, False, should_stop)
+        return _outputs(request, result, scored)
+
+
+def _outputs(request: LipSyncRequest, result: LipSyncResult,
+             scored: dict[str, Scored]) -> tuple[str, str, dict[str, Any]]:
+    """/lipsync's three outputs: the video, the Markdown summary, the JSON details."""
     out_scores = _result_dict(*scored["output"])
     in_scores = _result_dict(*scored["input"]) if "input" in scored else None
     rows = [("lip-synced output", out_scores)] + ([("input, with its own audio", in_scores)] if in_scores else [])
@@ -503,7 +816,7 @@ def _lipsync(values: dict[str, Any], progress: gr.Progress) -> tuple[str, str, d
         "curve": [row for series, (video_result, _) in scored.items() if video_result is not None
                   for row in confidence_rows(video_result, series)],
     }
-    return str(output), "\n\n".join(summary), details
+    return str(request.output), "\n\n".join(summary), details
 
 
 run_lipsync = endpoint(
@@ -515,7 +828,30 @@ run_lipsync = endpoint(
     'confidence over time of the output and the scored input as [time (s), confidence, "output" or "input"].')
 
 
-def _preview(values: dict[str, Any], progress: gr.Progress) -> np.ndarray:
+def _lipsync_stream(values: dict[str, Any], progress: gr.Progress,
+                    should_stop: StopCheck | None) -> Iterator[tuple[Any, Any, Any, Any]]:
+    """/lipsync as it is made: each finished piece goes to the streaming player, then /lipsync's outputs."""
+    with _lipsync_errors() as keep:
+        request = LipSyncRequest.checked(values, Settings.from_env())
+        keep(request)
+        progress(0, desc="lip sync, then scoring")
+        for kind, item in _lipsync_run(request, True, should_stop):
+            if kind == "segment":
+                yield str(item), gr.skip(), gr.skip(), gr.skip()
+            else:
+                yield (gr.skip(), *_outputs(request, *item))
+
+
+run_lipsync_stream = endpoint(
+    _lipsync_stream, "run_lipsync_stream", LIPSYNC_FILES, LIPSYNC_PARAMS + INPUT_SCORING_PARAMS + SCORE_PARAMS,
+    f"/lipsync, streamed: the output plays while it is made, in pieces of {SEGMENT_SECONDS:g} s, then the whole "
+    "MP4 and the scores come as /lipsync gives them.",
+    "While it runs, the pieces for the streaming player (with gradio_client, snapshots of its HLS playlist: "
+    "use the second output); at the end, /lipsync's three outputs: the lip-synced MP4, the Markdown summary and "
+    "the JSON.", stream=True)
+
+
+def _preview(values: dict[str, Any], progress: gr.Progress, should_stop: StopCheck | None) -> np.ndarray:
     settings = Settings.from_env()
     face, audio, voice = _face_and_audio(values)
     try:
@@ -540,7 +876,8 @@ CURVE_COLUMNS = ["time (s)", "confidence", "series"]
 TABLE_COLUMNS = ["video", "track", "first frame", "last frame", "LSE-D", "LSE-C", "offset"]
 
 
-def _evaluate(values: dict[str, Any], progress: gr.Progress) -> tuple[pd.DataFrame, pd.DataFrame, str]:
+def _evaluate(values: dict[str, Any], progress: gr.Progress,
+              should_stop: StopCheck | None) -> tuple[pd.DataFrame, pd.DataFrame, str]:
     settings = Settings.from_env()
     videos = [(label, path) for label, path in (("A", values["video"]), ("B", values["reference_video"])) if path]
     if not videos:
@@ -556,7 +893,7 @@ def _evaluate(values: dict[str, Any], progress: gr.Progress) -> tuple[pd.DataFra
     for label, path in videos:
         name = f"{label}: {Path(path).name}"
         progress(0, desc=f"scoring video {label}")
-        result, error = _score_safely(Path(path), options)
+        result, error = _score_safely(Path(path), options, should_stop)
         if result is None:
             errors.append(f"{name}: {error}")
             continue
@@ -613,6 +950,73 @@ def prefill_evaluate(output_video: str | None, face_video: str | None) -> tuple[
     return output_video, face_video
 
 
+# -- malformed requests get this app's own message -----------------------------------------------------
+# A gr.Error raised while Gradio prepares an input reaches gradio_client as it is; any other
+# exception there only as "The upstream Gradio app has raised an exception but has not enabled
+# verbose error reporting" (gradio's Blocks.preprocess_data). Arguments given in the wrong order
+# (a number where a file goes, a sound as the photo) fail right there.
+FILE_KINDS = {"video": "a video file", "image": "a still image (jpg, png, webp)", "audio": "an audio file"}
+ORDER_HINT = ("check the order of the arguments ({order}; view_api() lists them) or pass them by name, "
+              "files as handle_file('path or URL')")
+LIPSYNC_ORDER = "/lipsync takes " + ", ".join(LIPSYNC_FILES) + ", then the options"
+EVALUATE_ORDER = "/evaluate takes " + ", ".join(EVALUATE_FILES) + ", then the options"
+
+
+def checked_by_the_handler(component: gr.components.Component) -> gr.components.Component:
+    """An option control that hands its value over as it came: ``optspec.from_parameters`` checks it
+    in the handler, with a message naming the parameter (Gradio's own checks would say "Value 0.5
+    is not in the list of choices" or fail on a string given to a number)."""
+    component.preprocess = lambda payload: payload
+    return component
+
+
+def readable_file_input(component: gr.components.Component, param: str, order: str) -> gr.components.Component:
+    """A file input whose refusals name the API parameter and what it takes.
+
+    Gradio validates the payload against the component's data model (a FileData dict) before its
+    ``preprocess`` runs, so both are wrapped: a non-file payload and a file the component cannot
+    read (an audio file given as the photo) become gr.Error.
+    """
+    kind = FILE_KINDS[component.get_block_name()]
+    hint = ORDER_HINT.format(order=order)
+
+    def refuse(what: str) -> gr.Error:
+        return gr.Error(f"{param} takes {kind}, but got {what}: {hint}", title="Check the request")
+
+    base = component.data_model
+
+    class Checked(base):  # type: ignore[misc, valid-type]
+        __doc__ = base.__doc__
+        model_config = {"title": base.__name__}  # the API schema keeps its name
+
+        @classmethod
+        def model_validate(cls, obj: Any, **kwargs: Any) -> Any:
+            try:
+                return super().model_validate(obj, **kwargs)
+            except ValueError:  # pydantic's ValidationError
+                raise refuse(_shown(obj)) from None
+
+    component.data_model = Checked
+    gradio_preprocess = component.preprocess
+
+    def preprocess(payload: Any) -> Any:
+        try:
+            return gradio_preprocess(payload)
+        except gr.Error:
+            raise
+        except Exception as exc:  # whatever the component's reader raises on a file it cannot read
+            name = Path(getattr(payload, "path", None) or "the file").name
+            raise refuse(f"{name}, which is not one ({exc.__class__.__name__})") from exc
+
+    component.preprocess = preprocess
+    return component
+
+
+def _shown(value: Any) -> str:
+    text = repr(value)
+    return f"{type(value).__name__} {text if len(text) <= 60 else text[:57] + '...'}"
+
+
 # -- UI ------------------------------------------------------------------------------------------------
 INTRO = """# Wav2Lip lip sync
 Make a face video (or a photo) speak any audio with [Wav2Lip](https://github.com/Rudrabha/Wav2Lip), then check
@@ -629,7 +1033,7 @@ def _example_rows() -> tuple[list[list[str | None]], list[list[str | None]]]:
 
 
 def _device_note() -> str:
-    if spaces is not None:
+    if _on_zero_gpu():
         return "ZeroGPU (a GPU is attached per request)"
     if torch.cuda.is_available():
         return f"GPU ({torch.cuda.get_device_name(0)})"
@@ -641,13 +1045,14 @@ def _component(param: Parameter, elem_prefix: str) -> gr.components.Component:
     info = param.spec.help if not param.part else None  # a tuple's parts share one help text: show it once
     common = {"label": param.label, "info": info, "elem_id": elem_prefix + param.name.replace("_", "-")}
     if param.kind == "bool":
-        return gr.Checkbox(param.default, **common)
+        return checked_by_the_handler(gr.Checkbox(param.default, **common))
     if param.kind == "choice":
-        return gr.Radio(list(param.choices), value=param.default, **common)
+        return checked_by_the_handler(gr.Radio(list(param.choices), value=param.default, **common))
     if param.kind == "numbers":
-        return gr.Textbox(param.default, placeholder=param.placeholder, **common)
+        return checked_by_the_handler(gr.Textbox(param.default, placeholder=param.placeholder, **common))
     bounds = {"minimum": param.spec.minimum, "maximum": param.spec.maximum}
-    return gr.Number(param.default, precision=0 if param.element is int else None, min_width=120, **common, **bounds)
+    return checked_by_the_handler(
+        gr.Number(param.default, precision=0 if param.element is int else None, min_width=120, **common, **bounds))
 
 
 def option_controls(params: list[Parameter], elem_prefix: str = "") -> dict[str, gr.components.Component]:
@@ -676,6 +1081,8 @@ def build_demo(settings: Settings | None = None, status: WeightsStatus | None = 
     launched, or when the page is first opened (``gradio app.py`` reload mode)."""
     settings = settings or Settings.from_env()
     status = status or WeightsStatus()
+    if not patient_stream_audio():
+        log.warning("this Gradio streams video differently from 6.x: the page may play each piece late")
     lipsync_rows, evaluate_rows = _example_rows()
     heavy = {"concurrency_limit": settings.concurrency, "concurrency_id": "models"}
     light: dict[str, Any] = {"api_visibility": "private", "queue": False}
@@ -713,8 +1120,10 @@ def build_demo(settings: Settings | None = None, status: WeightsStatus | None = 
                     preview_image = gr.Image(label="Preview: the face box (green) and the mouth at that time",
                                              type="numpy", format="png", interactive=False, elem_id="preview-image")
                 with gr.Column():
-                    out_video = gr.Video(label="Lip-synced video", interactive=False, buttons=["download"],
-                                         elem_id="output-video")
+                    stream_video = gr.Video(label="Playing while it is made", streaming=True, autoplay=True,
+                                            interactive=False, elem_id="stream-video")
+                    out_video = gr.Video(label="Lip-synced video (the whole file, to download)", interactive=False,
+                                         buttons=["download"], elem_id="output-video")
                     out_summary = gr.Markdown(elem_id="lipsync-summary")
                     lipsync_plot = gr.LinePlot(None, x="time (s)", y="confidence", color="series",
                                                label="Sync confidence over time: output and input (before / after)",
@@ -742,12 +1151,22 @@ def build_demo(settings: Settings | None = None, status: WeightsStatus | None = 
                 gr.Examples(evaluate_rows, [eval_video, eval_reference], cache_examples=False,
                             api_visibility="private")
 
+        for component, param in ((face_video, "face_video"), (face_image, "face_image"), (audio, "audio"),
+                                 (voice, "voice")):
+            readable_file_input(component, param, LIPSYNC_ORDER)
+        for component, param in ((eval_video, "video"), (eval_reference, "reference_video")):
+            readable_file_input(component, param, EVALUATE_ORDER)
         lipsync_inputs = [face_video, face_image, audio, voice] + [
             controls[p.name] for p in LIPSYNC_PARAMS + INPUT_SCORING_PARAMS + SCORE_PARAMS]
-        run_event = run_button.click(run_lipsync, inputs=lipsync_inputs, outputs=[out_video, out_summary, out_details],
-                                     api_name="lipsync", **heavy)
+        # the button streams; /lipsync, for API callers, is the same work returned at the end
+        run_event = run_button.click(run_lipsync_stream, inputs=lipsync_inputs,
+                                     outputs=[stream_video, out_video, out_summary, out_details],
+                                     api_name="lipsync_stream", **heavy)
         run_event.success(prefill_evaluate, [out_video, face_video], [eval_video, eval_reference], **light)
         run_event.success(curve_from_details, out_details, lipsync_plot, **light)
+        api_only = gr.Button(visible=False)
+        api_only.click(run_lipsync, inputs=lipsync_inputs, outputs=[out_video, out_summary, out_details],
+                       api_name="lipsync", **heavy)
         preview_inputs = [face_video, face_image, audio, voice] + [controls[p.name] for p in LIPSYNC_PARAMS] + [
             preview_controls[p.name] for p in PREVIEW_PARAMS]
         preview_button.click(run_preview, inputs=preview_inputs, outputs=preview_image, api_name="preview", **heavy)
@@ -771,8 +1190,10 @@ def build_demo(settings: Settings | None = None, status: WeightsStatus | None = 
 
 def launch(demo: gr.Blocks, settings: Settings, *, host: str | None = None, port: int | None = None,
            share: bool = False, mcp: bool = False, block: bool = True) -> tuple[Any, str, str | None]:
-    """Start fetching the weights, then the server (``block=False`` returns at once, for tests);
-    returns (app, local_url, share_url)."""
+    """Start fetching the weights (on ZeroGPU: load every model first), then the server (``block=False``
+    returns at once, for tests); returns (app, local_url, share_url)."""
+    if _on_zero_gpu():
+        Models.shared().preload()
     demo.weights_status.start()
     return demo.launch(
         server_name=host, server_port=port, share=share, mcp_server=mcp or None,

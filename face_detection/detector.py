@@ -14,6 +14,7 @@ import cv2
 import numpy as np
 import torch
 
+from face_detection import s3fd, sfd_face
 from face_detection.batching import in_batches
 from face_detection.postprocess import s3fd_detections, sfd_face_detections, ssd_priors
 from face_detection.s3fd import S3FD
@@ -35,6 +36,32 @@ CPU_BATCH_PIXELS = 64 * 1024
 # On a GPU a batch is capped by free memory: S3FD's widest maps are conv1's 64 channels at full size,
 # and about four of them are alive at once (input, output, ReLU, pooling), so 256 values per pixel.
 GPU_VALUES_PER_PIXEL = 64 * 4
+
+
+def pooled_side(side: int, pools: Sequence[str]) -> int:
+    """A map side after 2x2 stride-2 max-pools, "M" rounding down, "C" up (ceil_mode); 0: nothing left.
+
+    PyTorch refuses to pool a map of one row or column without ceil_mode (the output would be empty).
+    """
+    for pool in pools:
+        side = -(-side // 2) if pool == "C" else side // 2
+    return side
+
+
+# Smallest frame side (after any detection scaling) each net can run on: the five max-pools must
+# leave at least one row and column (fc6 and the stride-2 extras after them never empty a map).
+# s3fd floors every pool: floor(side / 32) >= 1, so 32 px. sfd_face rounds its third pool up:
+# ceil(floor(side / 4) / 2) must reach 4 for the last two pools to leave a row, so floor(side / 4)
+# >= 7: 28 px. Smaller frames get no detections (they are too small to hold a detectable face).
+MIN_SIDE: dict[str, int] = {
+    variant: next(side for side in range(1, 1 << 10) if pooled_side(side, pools) >= 1)
+    for variant, pools in (("s3fd", s3fd.POOLS), ("sfd_face", sfd_face.POOLS))
+}
+
+
+def scaled_size(width: int, height: int, scale: float) -> tuple[int, int]:
+    """The size ``cv2.resize(frame, (0, 0), fx=scale, fy=scale)`` gives (rounded to nearest, half to even)."""
+    return (width, height) if scale == 1.0 else (round(width * scale), round(height * scale))
 
 
 def _check_keys(net: torch.nn.Module, state_dict: Mapping[str, torch.Tensor], variant: str) -> None:
@@ -78,6 +105,7 @@ class FaceDetector:
         _check_keys(net, state_dict, variant)
         net.load_state_dict(state_dict, strict=True)
         self.variant: Variant = variant
+        self.min_side = MIN_SIDE[variant]
         self.device = torch.device(device)
         net = net.eval().to(self.device, dtype)
         if self.device.type == "cpu":
@@ -98,6 +126,7 @@ class FaceDetector:
 
         ``frames``: BGR uint8 (H, W, 3) frames of one size, or a (B, H, W, 3) array. ``scale`` != 1
         resizes them (cv2 INTER_LINEAR) before the net; boxes are mapped back to the full frames.
+        Frames whose net input would be under ``min_side`` on a side have no detections.
         ``batch_size`` overrides the detector's for this call.
         """
         if len(frames) == 0:
@@ -108,12 +137,12 @@ class FaceDetector:
         if len(shape) != 3 or shape[2] != 3 or any(f.shape != shape for f in frames):
             raise ValueError(f"frames must be (H, W, 3) BGR images of one size; got {shape} and others")
         height, width = shape[:2]
+        if min(scaled_size(width, height, scale)) < self.min_side:
+            return [np.zeros((0, 5), np.float32) for _ in frames]
         if scale != 1.0:
             frames = [cv2.resize(np.ascontiguousarray(f), (0, 0), fx=scale, fy=scale, interpolation=cv2.INTER_LINEAR)
                       for f in frames]
         net_h, net_w = frames[0].shape[:2]
-        if net_h < 1 or net_w < 1:
-            raise ValueError(f"scale {scale} leaves nothing of a {width}x{height} frame")
 
         size = batch_size or self.batch_size
         if self.device.type == "cpu":

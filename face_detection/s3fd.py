@@ -20,6 +20,9 @@ L2NORM_SCALES = {"conv3_3_norm": 10.0, "conv4_3_norm": 8.0, "conv5_3_norm": 5.0}
 # conv3_3's classifier predicts 3 background logits and 1 face logit ("max-out background label",
 # paper section 3.3); the background score is their maximum
 MAXOUT_BACKGROUND = 3
+# The 2x2 stride-2 max-pools of the backbone, in order (after conv1_2, 2_2, 3_3, 4_3, 5_3); "M"
+# rounds the map size down, as every pool of this net does (see face_detection.detector.MIN_SIDE)
+POOLS = ("M",) * 5
 
 
 class L2Norm(nn.Module):

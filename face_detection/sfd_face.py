@@ -21,6 +21,7 @@ from face_detection.s3fd import L2NORM_SCALES, L2Norm, maxout_background
 
 # VGG16 conv channels per block; "M" = 2x2 max-pool, "C" = the same with ceil_mode (after conv3_3)
 _VGG_PLAN = (64, 64, "M", 128, 128, "M", 256, 256, 256, "C", 512, 512, 512, "M", 512, 512, 512, "M")
+POOLS = tuple(item for item in _VGG_PLAN if item in ("M", "C"))  # the max-pools, in order
 # indices into ``vgg`` after which the conv3_3 / conv4_3 features are taken (after their ReLU), and
 # where conv5_3's ReLU ends; the layer numbers are the checkpoint's ``vgg.N`` names
 _CONV3_3_END, _CONV4_3_END, _CONV5_3_END = 16, 23, 30

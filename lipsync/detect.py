@@ -15,15 +15,45 @@ from collections.abc import Iterable
 import cv2
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
-from face_detection.detector import FaceDetector, Variant
+from face_detection.detector import MIN_SIDE, FaceDetector, Variant
 from face_detection.keyframes import mark_key_frames
 from lipsync import faces, weights
-from lipsync.errors import WeightsError
-from lipsync.options import LipSyncOptions
+from lipsync.errors import NoFaceError, WeightsError
+from lipsync.options import FULL_FRAME, LipSyncOptions
+from lipsync.progress import counted
 
 Detections = dict[int, np.ndarray]
+# Wav2Lip's S3FD runs on frames of at least this many pixels a side (see face_detection.detector)
+DETECTOR_MIN_SIDE = MIN_SIDE["s3fd"]
+
+
+def check_detectable(frame_hw: tuple[int, int], name: str, options: LipSyncOptions) -> None:
+    """NoFaceError, saying what to do, when frames of this size are too small for the face detector.
+
+    Both presets can look at any frame whose sides reach ``DETECTOR_MIN_SIDE`` (the fast one keeps
+    the shrunk frames that large, see ``shrink_scale``), so this is the whole condition.
+    """
+    height, width = frame_hw
+    if min(height, width) >= DETECTOR_MIN_SIDE:
+        return
+    shaped = options.resize_factor > 1 or options.crop != FULL_FRAME or options.rotate
+    raise NoFaceError(
+        f"No face can be found in {name}: its frames are {width}x{height} px"
+        f"{' after resize_factor/rotate/crop' if shaped else ''}, too small to find a face in: the face "
+        f"detector needs at least {DETECTOR_MIN_SIDE} px on each side. Give a fixed face box (box: top bottom "
+        "left right) to lip-sync them anyway, or use a larger video")
+
+
+def shrink_scale(frame_hw: tuple[int, int], detect_size: int) -> float:
+    """The fast preset's detection scale: the longest side shrunk to ``detect_size`` (never enlarged),
+    but the shortest kept at ``DETECTOR_MIN_SIDE`` where the frame has that much (a 1920x40 strip
+    is shrunk to 1536x32, not to 320x7, which S3FD cannot run on)."""
+    height, width = frame_hw
+    scale = min(1.0, detect_size / max(height, width))
+    if max(1, round(min(height, width) * scale)) < DETECTOR_MIN_SIDE:
+        scale = min(1.0, DETECTOR_MIN_SIDE / min(height, width))
+    return scale
 
 
 def load_detector(name_or_path: str | os.PathLike, variant: Variant, *, device: str | torch.device = "cpu",
@@ -36,8 +66,9 @@ def load_detector(name_or_path: str | os.PathLike, variant: Variant, *, device: 
     raised the peak RSS from 1330 to 1491 MB (the transformed kernels are 4x the weights).
     """
     path = weights.resolve(name_or_path, weights_dir=weights_dir)
+    fix = weights.how_to_replace(name_or_path, path, weights_dir=weights_dir)
     try:
-        return FaceDetector(weights.load_state_dict(path), variant=variant, device=device, winograd=winograd,
+        return FaceDetector(weights.load_state_dict(path, fix=fix), variant=variant, device=device, winograd=winograd,
                             dtype=dtype)
     except ValueError as exc:  # face_detection reports a checkpoint that does not fit the net this way
         raise WeightsError(f"{path.name}: {exc}") from exc
@@ -53,7 +84,7 @@ class DetectionPass:
     def __init__(self, detector: FaceDetector, frames: Iterable[np.ndarray], n_frames: int,
                  options: LipSyncOptions) -> None:
         self.n_frames = n_frames
-        frames = tqdm(frames, total=n_frames, desc="face detection", unit="frame")
+        frames = counted(frames, total=n_frames, desc="face detection")
         if options.detection == "original":
             self._preset: EveryFrameDetection | KeyFrameDetection = EveryFrameDetection(
                 detector, batch_size=options.face_det_batch_size)
@@ -174,7 +205,7 @@ class KeyFrameDetection:
 
     def add(self, index: int, frame: np.ndarray, is_key: bool) -> None:
         if self._scale is None:
-            self._scale = min(1.0, self.detect_size / max(frame.shape[:2]))
+            self._scale = shrink_scale(frame.shape[:2], self.detect_size)
         self._small[index] = _resized(frame, self._scale)
         if is_key:
             self._queued.append(index)

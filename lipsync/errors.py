@@ -24,3 +24,10 @@ class WeightsError(LipSyncError):
 class DependencyError(LipSyncError):
     """An optional package that the chosen option or feature needs is not installed (the message says
     how to install it)."""
+
+
+class Cancelled(Exception):  # noqa: N818 - a request to stop, not a failure
+    """The caller asked the run to stop (its ``should_stop`` returned True, e.g. the client left).
+
+    Not a LipSyncError: there is nobody to tell. Partial outputs are removed, as on any failure.
+    """

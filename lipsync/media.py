@@ -330,6 +330,10 @@ class VideoSource:
         """The frame shown ``seconds`` after the first, as ``frame_at`` (the first frame for an image)."""
         return self.first_frame if self.info.is_image else frame_at(self.path, seconds)
 
+    def video_frames(self, *, fps: Fraction | int | float | None = None) -> Iterator[tuple[VideoFrame, Orientation]]:
+        """The decoder's frames, as ``iter_video_frames``."""
+        return iter_video_frames(self.path, fps=fps)
+
 
 def _duration(container: InputContainer, stream: VideoStream) -> float | None:
     """Seconds of video: the stream's own length, else Matroska's per-track DURATION tag
@@ -403,10 +407,11 @@ def _timed_frames(container: InputContainer, stream: VideoStream,
         index += 1
 
 
-def audio_duration(path: str | Path) -> float | None:
+def audio_duration(path: str | Path, *, whole_file: bool = True) -> float | None:
     """Seconds of the first audio track from the container header (no decoding); None when unknown.
 
     For checking limits before work; ``load_audio`` reports what is wrong with a file that fails here.
+    Where the track has no duration of its own the whole file's is used, unless ``whole_file=False``.
     """
     try:
         with av.open(str(Path(path).absolute())) as container:
@@ -415,7 +420,7 @@ def audio_duration(path: str | Path) -> float | None:
             stream = container.streams.audio[0]
             if stream.duration and stream.time_base:
                 return float(stream.duration * stream.time_base)
-            return container.duration / av.time_base if container.duration else None
+            return container.duration / av.time_base if container.duration and whole_file else None
     except (av.FFmpegError, OSError):
         return None
 
@@ -461,17 +466,8 @@ def iter_frames(path: str | Path, *, fps: Fraction | int | float | None = None) 
                 image = np.ascontiguousarray(_first_frame(container, stream, path).to_ndarray(format="bgr24"))
             yield image
             return
-        _check_complete(container, path)
-        if stream.frames == 1:
-            rate = None  # a one-frame video is a still image: exactly one frame, whatever the fps
-        stream.thread_type = "AUTO"
-        timed = _timed_frames(container, stream, path)
-        orientation: Orientation | None = None
         previous: VideoFrame | None = None
-        chosen = (frame for _, _, frame in timed) if rate is None else resample_by_time(timed, rate)
-        for frame in chosen:
-            if orientation is None:
-                orientation = _orientation_of(frame)  # the stream's matrix, attached to every frame
+        for frame, orientation in _decoded_frames(container, stream, path, rate):
             array = orientation.apply(frame.to_ndarray(format="bgr24"))
             # A repeated bgr24 frame converts to a view of the same buffer as last time.
             yield array.copy() if frame is previous else np.ascontiguousarray(array)
@@ -514,20 +510,52 @@ def frame_at(path: str | Path, seconds: float) -> np.ndarray:
                              "or truncated, upload it again")
         return np.ascontiguousarray(_orientation_of(chosen).apply(chosen.to_ndarray(format="bgr24")))
 
+def iter_video_frames(path: str | Path, *, fps: Fraction | int | float | None = None
+                      ) -> Iterator[tuple[VideoFrame, Orientation]]:
+    """The frames of a video as the decoder hands them over (its pixel format and colour range),
+    each with the turn that makes it upright; retimed as ``iter_frames``. For a consumer that
+    must see what FFmpeg's own pipeline sees (the evaluator's JPEG round trip); a repeated frame
+    is the same object again. Still images raise InputError.
+    """
+    path = _require_file(path)
+    rate = as_rate(fps) if fps is not None else None
+    with _open(path, _not_visual(path)) as container:
+        stream = _video_stream(container)
+        if stream is None or _is_image_demuxer(container):
+            raise InputError(f"{path.name} is not a video: upload a video file")
+        yield from _decoded_frames(container, stream, path, rate)
+
+
+def _decoded_frames(container: InputContainer, stream: VideoStream, path: Path,
+                    rate: Fraction | None) -> Iterator[tuple[VideoFrame, Orientation]]:
+    _check_complete(container, path)
+    if stream.frames == 1:
+        rate = None  # a one-frame video is a still image: exactly one frame, whatever the fps
+    stream.thread_type = "AUTO"
+    timed = _timed_frames(container, stream, path)
+    orientation: Orientation | None = None
+    chosen = (frame for _, _, frame in timed) if rate is None else resample_by_time(timed, rate)
+    for frame in chosen:
+        if orientation is None:
+            orientation = _orientation_of(frame)  # the stream's matrix, attached to every frame
+        yield frame, orientation
+
 
 def _not_audio(path: Path) -> str:
     return (f"{path.name} is not an audio or video file, or it is damaged: upload speech as WAV, MP3, "
             "M4A, FLAC or OGG, or a video with sound")
 
 
-def load_audio(path: str | Path, *, sample_rate: int | None = 16000,
-               mono: bool = True) -> tuple[np.ndarray, int]:
+def load_audio(path: str | Path, *, sample_rate: int | None = 16000, mono: bool = True,
+               trim_padding: bool = True) -> tuple[np.ndarray, int]:
     """Decode the first audio track of any audio or video file to float32 in [-1, 1].
 
     Returns ``(samples, rate)``: shape ``(n,)`` when ``mono`` (the mean of the channels, as librosa
     does), else ``(channels, n)``. ``sample_rate=None`` keeps the file's rate; otherwise FFmpeg's
     resampler (swresample) converts it. Packets the decoder rejects are skipped with a warning,
-    as the ffmpeg tool does.
+    as the ffmpeg tool does. ``trim_padding``: drop the padding of an AAC track's last frame (the
+    samples past the track's declared end); False keeps every decoded sample, as the ffmpeg
+    command line does.
     """
     path = _require_file(path)
     if sample_rate is not None and sample_rate <= 0:
@@ -576,7 +604,7 @@ def load_audio(path: str | Path, *, sample_rate: int | None = 16000,
     if not chunks or rate is None or sum(c.shape[1] for c in chunks) == 0:
         raise InputError(f"the audio in {path.name} is empty: upload a file with speech")
     samples = np.concatenate(chunks, axis=1) if len(chunks) > 1 else chunks[0]
-    if first is not None and last is not None:
+    if trim_padding and first is not None and last is not None:
         # An AAC track's last frame is padded to 1024 samples; its duration says how many count.
         wanted = round((last[1] - first[0]) * rate)
         if 0 <= samples.shape[1] - wanted <= math.ceil(last[2] * rate / last[3]):

@@ -20,6 +20,7 @@ from lipsync import weights
 
 FACE_SIZE = 96  # generator input/output side, pixels
 MASK_FROM_ROW = FACE_SIZE // 2  # rows 48..95 (mouth half) are hidden from the generator
+LABEL = "Wav2Lip"  # how checkpoint errors name the network
 
 Stride = int | tuple[int, int]
 
@@ -151,7 +152,7 @@ def load_wav2lip(name_or_path: str | os.PathLike = "wav2lip_gan", *, device: str
     computing in ``dtype`` (see :mod:`lipsync.precision`).
     """
     model = Wav2Lip()
-    weights.load_model(model, name_or_path, label="Wav2Lip", weights_dir=weights_dir)
+    weights.load_model(model, name_or_path, label=LABEL, weights_dir=weights_dir)
     return model.to(device=device, dtype=dtype, memory_format=torch.channels_last).eval()
 
 

@@ -252,7 +252,10 @@ def parse_numbers(text: Any, count: int, what: str) -> tuple[float, ...] | None:
     """``"1 2 3 4"`` (spaces or commas), or a list of numbers, -> a tuple of ``count`` numbers; empty -> None."""
     if text is None or (isinstance(text, str) and not text.strip()):
         return None
-    parts = [p for p in re.split(r"[\s,]+", str(text).strip("[]() ")) if p] if isinstance(text, str) else list(text)
+    if isinstance(text, (list, tuple)):
+        parts = list(text)
+    else:  # a string, or whatever a remote caller sent in its place
+        parts = [p for p in re.split(r"[\s,]+", str(text).strip("[]() ")) if p]
     try:
         numbers = tuple(float(p) for p in parts)
     except (TypeError, ValueError):

@@ -17,7 +17,7 @@ import tempfile
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from fractions import Fraction
@@ -32,7 +32,7 @@ from face_detection.detector import FaceDetector
 from lipsync import detcache, detect, faces, precision, vad, weights
 from lipsync.audio import SAMPLE_RATE, mel_chunks, melspectrogram
 from lipsync.compose import crossfade, paste
-from lipsync.errors import InputError, NoFaceError
+from lipsync.errors import Cancelled, InputError, NoFaceError
 from lipsync.hashing import content_key, file_sha256
 from lipsync.media import VideoSource, VideoWriter, load_audio
 from lipsync.model import FACE_SIZE, generate, load_wav2lip
@@ -366,15 +366,17 @@ class LipSync:
 
     def run(self, face: str | os.PathLike, audio: str | os.PathLike, output: str | os.PathLike,
             options: LipSyncOptions | None = None, *, voice: str | os.PathLike | None = None,
-            segments: Segments | None = None) -> LipSyncResult:
+            segments: Segments | None = None, should_stop: Callable[[], bool] | None = None) -> LipSyncResult:
         """Lip-sync ``face`` (video or image) to ``audio`` and write ``output`` (.mp4/.mov/.mkv).
 
         ``voice``, when given, drives the lips instead of ``audio``, which is still what the output plays.
         ``segments`` (H.264 outputs) also hands over playable pieces of the output as they are finished.
+        ``should_stop`` is asked before each batch of output frames; when it returns True the run
+        raises Cancelled and leaves no output.
         """
         plan = self.plan(Path(face), Path(audio), options or LipSyncOptions(),
                          voice=None if voice is None else Path(voice))
-        return self.render(plan, Path(output), segments=segments)
+        return self.render(plan, Path(output), segments=segments, should_stop=should_stop)
 
     # -- stage 1: plan --------------------------------------------------------------------------------
     def plan(self, face: Path, audio: Path, options: LipSyncOptions, voice: Path | None = None) -> Plan:
@@ -412,6 +414,7 @@ class LipSync:
         if options.box is not None:
             fixed = faces.fixed_boxes(options.box, frame_hw, n_frames)
             return FaceBoxes(n_frames, options, frame_hw, watch, fixed=fixed)
+        detect.check_detectable(frame_hw, frames.name, options)
         key = self._cache_key(frames, n_frames) if options.cache_detections else None
         dets = detcache.load(key) if key else None
         if dets is not None:
@@ -429,7 +432,8 @@ class LipSync:
         return content_key(frames.video.path, settings)
 
     # -- stage 2: render ------------------------------------------------------------------------------
-    def render(self, plan: Plan, output: Path, *, segments: Segments | None = None) -> LipSyncResult:
+    def render(self, plan: Plan, output: Path, *, segments: Segments | None = None,
+               should_stop: Callable[[], bool] | None = None) -> LipSyncResult:
         """Generate, paste and encode every output frame; the partial file is removed on failure."""
         model = self.generator(plan.options.checkpoint, self.dtype(plan.options))
         face, watch = plan.face, plan.watch
@@ -452,6 +456,8 @@ class LipSync:
             behind = WriteBehind(write, depth=OVERLAP_BATCHES) if self.overlap else None
             try:
                 for start, batch in _batches(watch.timed_iter("decode", frames), per_batch):
+                    if should_stop is not None and should_stop():
+                        raise Cancelled(f"stopped at output frame {start} of {plan.n_out}")
                     indices = range(start, start + len(batch))
                     plan.boxes.settle(max(plan.source(i) for i in indices) + 1)
                     no_face[indices] = ~plan.found[[plan.source(i) for i in indices]]

@@ -32,15 +32,20 @@ def aac_rate(rate: int) -> int:
 
 
 class Segments:
-    """Pieces ``segment_0000.mp4``, ``segment_0001.mp4``... of ``seconds`` each, written into ``folder``."""
+    """Pieces ``segment_0000.mp4``, ``segment_0001.mp4``... of ``seconds`` each, written into ``folder``;
+    the first one lasts ``first_seconds`` (default ``seconds``): a short first piece goes out sooner."""
 
-    def __init__(self, folder: Path, seconds: float, on_segment: Callable[[Path], None]) -> None:
-        if seconds <= 0:
-            raise ValueError(f"segment length must be positive, got {seconds}")
-        self.folder, self.seconds, self.on_segment = Path(folder), seconds, on_segment
+    def __init__(self, folder: Path, seconds: float, on_segment: Callable[[Path], None],
+                 first_seconds: float | None = None) -> None:
+        first_seconds = seconds if first_seconds is None else first_seconds
+        if min(seconds, first_seconds) <= 0:
+            raise ValueError(f"segment lengths must be positive, got {first_seconds} then {seconds}")
+        self.folder, self.seconds, self.first_seconds = Path(folder), seconds, first_seconds
+        self.on_segment = on_segment
         self.written: list[Path] = []
         self._fps: Fraction | None = None
         self._every = 0  # frames per piece
+        self._first = 0  # frames of the first piece
         self._piece: _Piece | None = None
         self._video: av.video.stream.VideoStream | None = None
         self._audio: np.ndarray | None = None  # (channels, n) float32, the whole track
@@ -52,10 +57,11 @@ class Segments:
         (planar float32 at ``audio_rate``; the pieces' AAC encoders resample it as the writer's does)."""
         self._video, self._fps, self._audio, self._audio_rate = video, fps, audio, audio_rate
         self._every = max(1, round(self.seconds * fps))
+        self._first = max(1, round(self.first_seconds * fps))
 
     def is_boundary(self, frame_index: int) -> bool:
         """Whether this frame starts a piece (the writer makes it an IDR frame)."""
-        return frame_index % self._every == 0
+        return frame_index == 0 or (frame_index >= self._first and (frame_index - self._first) % self._every == 0)
 
     @staticmethod
     def copy(packet: av.Packet) -> av.Packet:
@@ -68,7 +74,7 @@ class Segments:
     def packet(self, packet: av.Packet) -> None:
         """A copy of an encoded video packet (decode order) the writer has muxed into the output."""
         frame = round(packet.pts * packet.time_base * self._fps) if packet.pts is not None else -1
-        if packet.is_keyframe and frame >= 0 and frame % self._every == 0:
+        if packet.is_keyframe and frame >= 0 and self.is_boundary(frame):
             self._finish(end_frame=frame)
             self._piece = _Piece(self.folder / f"segment_{len(self.written):04d}.mp4", frame, self)
         if self._piece is not None:

@@ -10,6 +10,7 @@ the border stay full size; it is resized to 224x224 (OpenCV bilinear).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from fractions import Fraction
 
 import av
@@ -17,6 +18,7 @@ import cv2
 import numpy as np
 from scipy.signal import medfilt
 
+from lipsync.media import Orientation
 from syncnet.constants import CROP_SIZE, VIDEO_FPS
 
 CROP_SCALE = 0.4
@@ -70,6 +72,33 @@ def crop_face(frame: np.ndarray, s: float, x: float, y: float, *, crop_scale: fl
 IMAGE2_BIT_RATE = 200_000
 
 
+# The mjpeg encoder takes full-range ("J") YUV. The ffmpeg command line converts a decoder's
+# limited-range 8-bit 4:2:0 frames to it plane by plane, without touching the chroma sampling:
+# luma 16..235 and chroma 16..240 (centred on 128) are stretched to 0..255 and rounded half to
+# even (swscale's result for every one of the 256 values, checked against ffmpeg 5.1).
+LIMITED_LUMA = (16, 235)
+LIMITED_CHROMA_HALF_RANGE = 112  # 240 - 128
+_LEVELS = np.arange(256, dtype=np.float64)
+_FULL_LUMA = np.clip(np.rint((_LEVELS - LIMITED_LUMA[0]) * 255 / (LIMITED_LUMA[1] - LIMITED_LUMA[0])),
+                     0, 255).astype(np.uint8)
+_FULL_CHROMA = np.clip(np.rint((_LEVELS - 128) * 127.5 / LIMITED_CHROMA_HALF_RANGE + 128), 0, 255).astype(np.uint8)
+_YUV420 = ("yuv420p", "yuvj420p")
+_JPEG_RANGE = 2  # AVCOL_RANGE_JPEG
+
+
+def full_range_planes(frame: av.VideoFrame) -> list[np.ndarray] | None:
+    """The Y, U, V planes of an 8-bit 4:2:0 frame in full range, as ffmpeg feeds them to mjpeg; None otherwise."""
+    name = frame.format.name
+    if name not in _YUV420:
+        return None
+    full = name == "yuvj420p" or frame.color_range == _JPEG_RANGE
+    planes = []
+    for index, plane in enumerate(frame.planes):
+        rows = np.frombuffer(plane, np.uint8).reshape(plane.height, plane.line_size)[:, :plane.width]
+        planes.append(rows.copy() if full else (_FULL_LUMA if index == 0 else _FULL_CHROMA)[rows])
+    return planes
+
+
 class JpegRoundTrip:
     """Frames through JPEG and back, as the reference's ``ffmpeg -threads 1 -f image2`` + ``cv2.imread``.
 
@@ -77,6 +106,10 @@ class JpegRoundTrip:
     uses (yuvj420p, 1/25 s time base, default bit-rate control, one thread) and decodes with OpenCV.
     One instance is one ffmpeg run: the rate control state carries from frame to frame, so use a
     fresh instance per sequence (a face track's crop video, or a whole video).
+
+    ``decoded`` takes a decoder's frame, as ffmpeg does: for 8-bit 4:2:0 video (H.264, VP9...) the
+    result is then the reference's JPEG pixel for pixel. ``__call__`` takes a BGR image (a face
+    crop); converting it to YUV again moves pixels by ~2 levels from what ffmpeg would have written.
     """
 
     def __init__(self, fps: int = VIDEO_FPS) -> None:
@@ -96,13 +129,33 @@ class JpegRoundTrip:
 
     def encode(self, frame_bgr: np.ndarray) -> bytes:
         """The JPEG file ffmpeg would write for this frame (the next one of the sequence)."""
-        h, w = frame_bgr.shape[:2]
+        frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame_bgr), format="bgr24")
+        return self._encode(frame.reformat(format="yuvj420p"))
+
+    def encode_planes(self, planes: Sequence[np.ndarray]) -> bytes:
+        """The JPEG of full-range Y, U, V planes (4:2:0), the next frame of the sequence."""
+        y = planes[0]
+        frame = av.VideoFrame(y.shape[1], y.shape[0], "yuvj420p")
+        for plane, values in zip(frame.planes, planes, strict=True):
+            rows = np.zeros((plane.height, plane.line_size), np.uint8)
+            rows[:, :plane.width] = values
+            plane.update(rows)
+        return self._encode(frame)
+
+    def decoded(self, frame: av.VideoFrame, orientation: Orientation) -> np.ndarray:
+        """A decoder's frame, turned upright, as OpenCV reads back the JPEG ffmpeg writes for it."""
+        planes = full_range_planes(frame)
+        if planes is None:  # other pixel formats: from BGR, like a crop
+            return self(orientation.apply(frame.to_ndarray(format="bgr24")))
+        # ffmpeg turns a rotated video upright plane by plane before converting it
+        return self._read(self.encode_planes([orientation.apply(p) for p in planes]))
+
+    def _encode(self, frame: av.VideoFrame) -> bytes:
+        w, h = frame.width, frame.height
         if self._encoder is None:
             self._encoder = self._open(w, h)
         elif (self._encoder.width, self._encoder.height) != (w, h):
             raise ValueError(f"frame size changed from {self._encoder.width}x{self._encoder.height} to {w}x{h}")
-        frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame_bgr), format="bgr24")
-        frame = frame.reformat(format="yuvj420p")
         frame.pts = self._index
         frame.time_base = Fraction(1, self._fps)
         self._index += 1
@@ -113,7 +166,11 @@ class JpegRoundTrip:
 
     def __call__(self, frame_bgr: np.ndarray) -> np.ndarray:
         """The frame as OpenCV reads back the JPEG ffmpeg would write for it."""
-        decoded = cv2.imdecode(np.frombuffer(self.encode(frame_bgr), np.uint8), cv2.IMREAD_COLOR)
+        return self._read(self.encode(frame_bgr))
+
+    @staticmethod
+    def _read(jpeg: bytes) -> np.ndarray:
+        decoded = cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR)
         if decoded is None:
             raise RuntimeError("OpenCV could not decode a JPEG written by FFmpeg's mjpeg encoder")
         return decoded

@@ -17,10 +17,12 @@ batch of 224x224 crops per track. Memory therefore stays flat however long the v
 What is and is not reproduced of the reference's media round trips: the frames SyncNet sees went
 through ffmpeg's image2 JPEG writer at its default quality (rate control at 200 kb/s), then
 OpenCV; ``jpeg_roundtrip=True`` (default) does the same in-process (same encoder and settings, see
-:class:`syncnet.crops.JpegRoundTrip`). Not reproduced: run_pipeline's intermediate MPEG-4 AVI at
-``-qscale 2`` and its quality-2 JPEG frames (near lossless), and the XVID crop video written by
-OpenCV before that last JPEG step. Audio is decoded to 16 kHz mono and rounded to int16 as
-``ffmpeg -acodec pcm_s16le -ar 16000 -ac 1`` does.
+:class:`syncnet.crops.JpegRoundTrip`). In whole-frame mode the encoder gets the decoder's own YUV
+frames, as ffmpeg does, so for 8-bit 4:2:0 video the frames are the reference's pixel for pixel.
+Not reproduced: run_pipeline's intermediate MPEG-4 AVI at ``-qscale 2`` and its quality-2 JPEG
+frames (near lossless), and the XVID crop video written by OpenCV before that last JPEG step.
+Audio is decoded to 16 kHz mono and rounded to int16 as ``ffmpeg -acodec pcm_s16le -ar 16000 -ac 1``
+does, keeping every decoded sample (an AAC track's final padding too), as ffmpeg does.
 """
 
 from __future__ import annotations
@@ -29,9 +31,10 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import cv2
 import numpy as np
@@ -43,8 +46,9 @@ from face_detection.tracking import Track
 from face_detection.winograd import DEFAULT_BLOCK
 from lipsync import precision
 from lipsync.detect import load_detector
-from lipsync.errors import InputError
-from lipsync.media import MediaInfo, VideoSource, load_audio
+from lipsync.errors import Cancelled, InputError
+from lipsync.media import MediaInfo, VideoSource, audio_duration, load_audio
+from lipsync.progress import counted
 from syncnet import scenes
 from syncnet.constants import AUDIO_RATE, CROP_SIZE, SAMPLES_PER_FRAME, VIDEO_FPS, WINDOW_FRAMES
 from syncnet.crops import JpegRoundTrip, crop_face, smooth_track
@@ -53,9 +57,10 @@ from syncnet.fused import FusedSyncNet
 from syncnet.model import load_syncnet
 from syncnet.options import MIN_FRAMES, MIN_TRACK, MODES, EvalOptions, Mode  # noqa: F401 - the public names
 from syncnet.score import score_features, window_count
-from syncnet.tracks import detect_pass, select_tracks
+from syncnet.tracks import check_detectable, detect_pass, select_tracks
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 INT16_SCALE = 32768  # ffmpeg's float -> s16 conversion: round(x * 2**15), clipped
 
@@ -194,16 +199,21 @@ class SyncNetEvaluator:
         return self.detector_for(torch.float32)
 
     def evaluate(self, path: str | os.PathLike, options: EvalOptions | None = None, *,
-                 progress: bool = True) -> VideoResult:
-        """Score one video (default options: the reference's); raises InputError / NoFaceError for the user."""
-        return _Scoring(self, Path(path), options or EvalOptions(), progress).run()
+                 progress: bool = True, should_stop: Callable[[], bool] | None = None) -> VideoResult:
+        """Score one video (default options: the reference's); raises InputError / NoFaceError for the user.
+
+        ``should_stop`` is asked every second of video in each pass; True raises Cancelled.
+        """
+        return _Scoring(self, Path(path), options or EvalOptions(), progress, should_stop).run()
 
 
 class _Scoring:
     """One evaluation: the video's audio, then its tracks (or whole frames), embedded and scored."""
 
-    def __init__(self, evaluator: SyncNetEvaluator, path: Path, options: EvalOptions, progress: bool) -> None:
+    def __init__(self, evaluator: SyncNetEvaluator, path: Path, options: EvalOptions, progress: bool,
+                 should_stop: Callable[[], bool] | None = None) -> None:
         self.evaluator, self.options, self.progress = evaluator, options, progress
+        self.should_stop = should_stop
         self.start = time.perf_counter()
         self.dtype = precision.resolve(options.precision, evaluator.device)
         self.video = VideoSource(path)
@@ -225,7 +235,9 @@ class _Scoring:
             tracks, n_frames = self.score_whole_frames(audio)
         else:
             tracks, n_frames = self.score_tracks(audio)
-        audio_s, video_s = audio.size / AUDIO_RATE, n_frames / VIDEO_FPS
+        # the track's declared length: the decoded samples may run on by the codec's padding
+        audio_s = audio_duration(self.video.path, whole_file=False) or audio.size / AUDIO_RATE
+        video_s = n_frames / VIDEO_FPS
         if abs(audio_s - video_s) >= 1 / VIDEO_FPS:
             self.messages.append(f"audio ({audio_s:.2f} s) and video ({video_s:.2f} s) differ in length; "
                                  "only the overlap is scored")
@@ -238,7 +250,9 @@ class _Scoring:
             messages=self.messages, timings=self.timings)
 
     def load_audio(self) -> np.ndarray:
-        samples, _ = load_audio(self.video.path, sample_rate=AUDIO_RATE, mono=True)
+        # every decoded sample, the last AAC frame's padding too, as the reference's ffmpeg extracts
+        # them: the padding can add a window
+        samples, _ = load_audio(self.video.path, sample_rate=AUDIO_RATE, mono=True, trim_padding=False)
         audio = to_int16(samples)
         if not audio.any():
             raise InputError(f"the audio of {self.name} is silent (every sample is zero): a lip-sync score "
@@ -248,10 +262,16 @@ class _Scoring:
                              f"at least {MIN_FRAMES} frames ({MIN_FRAMES / VIDEO_FPS:.2f} s) of speech")
         return audio
 
-    def frames(self, desc: str):
-        """The video at 25 fps, with a progress bar."""
-        return tqdm(self.video.frames(fps=VIDEO_FPS), total=_expected_frames(self.info), desc=desc, unit="frame",
-                    disable=not self.progress)
+    def progress_bar(self, frames: Iterable, desc: str) -> Iterable:
+        """The video's frames at 25 fps, with a progress bar."""
+        return counted(frames, total=_expected_frames(self.info), desc=desc, disable=not self.progress)
+
+    def stoppable(self, frames: Iterable[T]) -> Iterator[T]:
+        """``frames``, asking ``should_stop`` once a second of video (Cancelled when it says so)."""
+        for index, frame in enumerate(frames):
+            if self.should_stop is not None and index % VIDEO_FPS == 0 and self.should_stop():
+                raise Cancelled(f"scoring {self.name} stopped at frame {index}")
+            yield frame
 
     def lip_windows(self, limit: int) -> LipWindows:
         ev = self.evaluator
@@ -263,13 +283,15 @@ class _Scoring:
         lips = self.lip_windows(audio.size // SAMPLES_PER_FRAME - WINDOW_FRAMES)
         jpeg = JpegRoundTrip() if self.options.jpeg_roundtrip else None
         n_frames = 0
-        for frame in self.frames("syncnet"):
+        # the reference wrote the decoder's frames to JPEG, then resized what OpenCV read back
+        frames = self.video.video_frames(fps=VIDEO_FPS) if jpeg is not None else self.video.frames(fps=VIDEO_FPS)
+        for frame in self.progress_bar(self.stoppable(frames), "syncnet"):
             n_frames += 1
             if lips.full:  # the audio has ended: only count the frames
                 lips.push(None)
                 continue
             if jpeg is not None:
-                frame = jpeg(frame)  # the reference wrote full frames to JPEG, then resized
+                frame = jpeg.decoded(*frame)
             lips.push(cv2.resize(frame, (CROP_SIZE, CROP_SIZE), interpolation=cv2.INTER_LINEAR))
         _check_length(self.name, n_frames)
         lip_feat = lips.finish()
@@ -280,9 +302,10 @@ class _Scoring:
 
     # -- track mode ----------------------------------------------------------------------------------
     def score_tracks(self, audio: np.ndarray) -> tuple[list[TrackResult], int]:
+        check_detectable(self.name, self.info.width, self.info.height, self.options.facedet_scale)
         tic = time.perf_counter()
-        detector = self.evaluator.detector_for(self.dtype)
-        dets, scene_scores = detect_pass(self.video.frames(fps=VIDEO_FPS), detector, self.options,
+        frames = self.stoppable(self.video.frames(fps=VIDEO_FPS))
+        dets, scene_scores = detect_pass(frames, self.evaluator.detector_for(self.dtype), self.options,
                                          total=_expected_frames(self.info), progress=self.progress)
         n_frames = len(dets)
         _check_length(self.name, n_frames)
@@ -298,7 +321,7 @@ class _Scoring:
         end = max(p.last for p in plans)
         frames = self.video.frames(fps=VIDEO_FPS)
         with tqdm(total=end + 1, desc="syncnet", unit="frame", disable=not self.progress) as bar:
-            for index, frame in enumerate(frames):
+            for index, frame in enumerate(self.stoppable(frames)):
                 if index > end:
                     break
                 for plan in plans:

@@ -78,16 +78,17 @@ class SyncNet(nn.Module):
         return self.netfclip(mid.flatten(1))
 
 
+LABEL = "SyncNet (syncnet_v2)"  # how checkpoint errors name the network
+# The reference loader copies whatever keys the file has, so a file without the BatchNorm
+# ``num_batches_tracked`` counters (unused in eval mode) is accepted too.
+OPTIONAL_KEYS = ("num_batches_tracked",)
+
+
 def load_syncnet(name_or_path: str | os.PathLike = "syncnet_v2", *, device: str | torch.device = "cpu",
                  weights_dir: str | os.PathLike | None = None) -> SyncNet:
-    """SyncNet with ``syncnet_v2.model`` weights (a registry name or a file path), in eval mode.
-
-    The reference loader copies whatever keys the file has, so a file without the BatchNorm
-    ``num_batches_tracked`` counters (unused in eval mode) is accepted too.
-    """
+    """SyncNet with ``syncnet_v2.model`` weights (a registry name or a file path), in eval mode."""
     model = SyncNet()
-    weights.load_model(model, name_or_path, label="SyncNet (syncnet_v2)", weights_dir=weights_dir,
-                       optional_suffixes=("num_batches_tracked",))
+    weights.load_model(model, name_or_path, label=LABEL, weights_dir=weights_dir, optional_suffixes=OPTIONAL_KEYS)
     # channels-last 3-D layout: ~20% faster Conv3d on CPU (oneDNN), same results to float rounding;
     # score.lip_windows builds its input in this layout already
     model.netcnnlip.to(memory_format=torch.channels_last_3d)

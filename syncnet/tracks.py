@@ -11,15 +11,32 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 import numpy as np
-from tqdm.auto import tqdm
 
-from face_detection.detector import FaceDetector
+from face_detection.detector import MIN_SIDE, FaceDetector, scaled_size
 from face_detection.keyframes import mark_key_frames
 from face_detection.tracking import MAX_MISSED_FRAMES, Track, link_tracks
 from lipsync.errors import NoFaceError
+from lipsync.progress import counted
 from syncnet import scenes
 from syncnet.constants import VIDEO_FPS
 from syncnet.options import MIN_FRAMES, EvalOptions
+
+
+def check_detectable(name: str, width: int, height: int, scale: float) -> None:
+    """NoFaceError, saying what to change, when frames this size shrink below what the detector runs on."""
+    least = MIN_SIDE["sfd_face"]
+    seen = scaled_size(width, height, scale)
+    if min(seen) >= least:
+        return
+    if min(width, height) < least:
+        fix = "score the whole frames with --mode whole-frame instead"
+    else:
+        # the smallest scale (in hundredths, as the option is usually given) that keeps `least` px
+        needed = next(k / 100 for k in range(1, 101) if min(scaled_size(width, height, k / 100)) >= least)
+        fix = f"set --facedet-scale to at least {needed:g}, or score the whole frames with --mode whole-frame"
+    raise NoFaceError(
+        f"no face can be found in {name}: its frames are {width}x{height} px, {seen[0]}x{seen[1]} px at the "
+        f"detector scale {scale:g}, and the face detector needs at least {least} px on each side: {fix}")
 
 
 def detect_pass(frames: Iterable[np.ndarray], detector: FaceDetector, options: EvalOptions, *,
@@ -37,7 +54,7 @@ def detect_pass(frames: Iterable[np.ndarray], detector: FaceDetector, options: E
             dets[i] = d
         pending.clear()
 
-    frames = tqdm(frames, total=total, desc="face detection", unit="frame", disable=not progress)
+    frames = counted(frames, total=total, desc="face detection", disable=not progress)
     for index, frame, is_key in mark_key_frames(frames, options.detect_every):
         if scorer is None:
             scorer = scenes.ContentScorer(frame.shape[1])

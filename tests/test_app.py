@@ -12,6 +12,7 @@ import dataclasses
 import math
 import socket
 import threading
+import time
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -93,9 +94,9 @@ def assert_scores(scores: dict) -> None:
 
 
 # -- through the API ---------------------------------------------------------------------------------------
-def test_api_lists_only_the_three_endpoints(client):
+def test_api_lists_only_the_four_endpoints(client):
     api = client.view_api(print_info=False, return_format="dict")
-    assert set(api["named_endpoints"]) == {"/lipsync", "/preview", "/evaluate"}
+    assert set(api["named_endpoints"]) == {"/lipsync", "/lipsync_stream", "/preview", "/evaluate"}
     params = {p["parameter_name"] for p in api["named_endpoints"]["/lipsync"]["parameters"]}
     assert {"face_video", "face_image", "audio", "voice", "checkpoint", "box", "silence", "score_input"} <= params
     assert not api["unnamed_endpoints"]
@@ -112,6 +113,7 @@ def test_endpoints_take_exactly_the_options_with_their_defaults(client):
     assert {p.field for p in app.SCORE_PARAMS} == {p.field for p in app.EVALUATE_PARAMS} == names(app.EvalOptions)
     for endpoint, files, params in (
         ("/lipsync", app.LIPSYNC_FILES, app.LIPSYNC_PARAMS + app.INPUT_SCORING_PARAMS + app.SCORE_PARAMS),
+        ("/lipsync_stream", app.LIPSYNC_FILES, app.LIPSYNC_PARAMS + app.INPUT_SCORING_PARAMS + app.SCORE_PARAMS),
         ("/preview", app.PREVIEW_FILES, app.LIPSYNC_PARAMS + app.PREVIEW_PARAMS),
         ("/evaluate", app.EVALUATE_FILES, app.EVALUATE_PARAMS),
     ):
@@ -126,7 +128,7 @@ def test_endpoints_take_exactly_the_options_with_their_defaults(client):
 def test_ui_helper_events_are_private():
     dependencies = app.build_demo(app.Settings()).config["dependencies"]
     public = {d["api_name"] for d in dependencies if d["api_visibility"] != "private"}
-    assert public == {"lipsync", "preview", "evaluate"}
+    assert public == {"lipsync", "lipsync_stream", "preview", "evaluate"}
 
 
 def test_lipsync_video(client):
@@ -144,14 +146,108 @@ def test_lipsync_video(client):
     assert all(math.isfinite(t) and math.isfinite(c) for t, c, _ in curve)
 
 
+class FirstPieceGate:
+    """Holds the engine, once it has handed over the first streamed piece, until ``seen()`` is called
+    (by whoever watches the stream), or ``PATIENCE`` seconds: the piece was seen mid-run only when
+    ``held`` ends True. Installed in place of ``app.client_gone`` (the engine asks it before each batch)."""
+
+    PATIENCE = 60.0
+
+    def __init__(self, monkeypatch) -> None:
+        self.handed, self._seen = threading.Event(), threading.Event()
+        self.held: bool | None = None
+        self.folder: Path | None = None  # where the pieces are written
+        gate = self
+        real_segments = app.Segments
+
+        class Watched(real_segments):
+            def _finish(self, *args, **kwargs):
+                super()._finish(*args, **kwargs)
+                if self.written:  # a piece was handed over (the first call, at frame 0, closes none)
+                    gate.folder = self.folder
+                    gate.handed.set()
+
+        monkeypatch.setattr(app, "Segments", Watched)
+        monkeypatch.setattr(app, "client_gone", lambda request: self.check)
+
+    def check(self) -> bool:
+        if self.handed.is_set() and self.held is None:
+            self.held = self._seen.wait(self.PATIENCE)
+        return False
+
+    def seen(self) -> None:
+        self._seen.set()
+
+
+def test_lipsync_stream_plays_pieces_before_the_run_ends(client, monkeypatch):
+    """/lipsync_stream: the first piece reaches the client while the engine is still generating (it waits
+    for the client here), then /lipsync's outputs come, the whole MP4 as the second one."""
+    gate = FirstPieceGate(monkeypatch)
+    job = client.submit(face_video=handle_file(str(CLIP)), audio=handle_file(str(SPEECH)), **FAST,
+                        api_name="/lipsync_stream")
+    updates = []
+    for update in job:
+        if isinstance(update[0], str) and update[0].endswith(".m3u8"):
+            gate.seen()  # gradio_client hands over the stream's playlist, as it stood, for each piece
+        updates.append(update)
+    assert gate.held is True, "the first piece reached the client only after the run"
+    playlists = [u[0] for u in updates if isinstance(u[0], str)]
+    assert len(playlists) >= 2
+    assert "#EXTINF" in Path(playlists[0]).read_text()
+    video, summary, details = job.result()[1:]
+    assert_playable_mp4(video, SPEECH)
+    assert "LSE-D" in summary
+    assert_scores(details["output"])
+    # the pieces, in the request's folder: each plays on its own, sound included, 2 s but the last
+    pieces = sorted(gate.folder.glob("*.mp4"))
+    assert len(pieces) == 4, pieces  # 118 frames: 15 + 50 + 50 + 3
+    for piece in pieces:
+        with av.open(str(piece)) as container:
+            assert container.streams.audio and container.streams.video[0].codec_context.name == "h264"
+            assert sum(1 for _ in container.decode(video=0)) in (15, 50, 3)
+
+
+def test_streamed_pieces_wait_for_their_sound(monkeypatch):
+    """Gradio's streaming encoder waits long enough for a piece's sound to go out with it (a longer wait
+    already set is kept)."""
+    from gradio import audio_stream_encoder as encoder
+
+    monkeypatch.setattr(encoder, "STARTUP_WAIT", 0.1)
+    monkeypatch.setattr(encoder, "STEADY_WAIT", 2.0)
+    assert app.patient_stream_audio(startup=1.0, steady=0.25)
+    assert (encoder.STARTUP_WAIT, encoder.STEADY_WAIT) == (1.0, 2.0)
+
+
+class BoxDetector:
+    """Stands in for S3FD (random weights find nothing): the examples' face box, in each frame's pixels."""
+
+    def detect(self, frames, scale: float = 1.0):
+        top, bottom, left, right = map(float, FACE_BOX.split())
+        return [np.array([[left, top, right, bottom, 0.99]], np.float32) * ([frame.shape[1] / 256] * 4 + [1])
+                for frame in frames]
+
+
+@pytest.mark.parametrize("endpoint", ["/lipsync", "/lipsync_stream"])
+def test_lipsync_with_face_detection(client, monkeypatch, endpoint):
+    """Faces detected as the render goes (the detection pass is read inside the render loop) while
+    Gradio tracks the progress bars: its bar stack must not trip over the interleaving."""
+    engine = app.Models.shared().engine()
+    monkeypatch.setattr(engine, "detector", lambda *_: BoxDetector())
+    job = client.submit(face_video=handle_file(str(CLIP)), audio=handle_file(str(SPEECH)), score_mode="whole-frame",
+                        score_input=False, cache_detections=False, api_name=endpoint)
+    video, _, details = job.result()[-3:]
+    assert_playable_mp4(video, SPEECH)
+    assert details["no_face_ranges"] == [] and details["timings"]["detect"] > 0
+
+
 def test_the_input_is_scored_once_per_content(client, monkeypatch, tmp_path):
     """The same face video with other speech: the input's score comes from the cache the second time."""
     scored: list[str] = []
     real = app._score
 
-    def counting(path, options):
+    def counting(path, options, should_stop=None):
         scored.append(Path(path).name)
-        return real(path, options)
+        return real(path, options, should_stop)
 
     monkeypatch.setattr(app, "_score", counting)
     monkeypatch.setattr(app.Models.shared(), "scores", app.ScoreCache(app.Models.shared().weights_dir))  # empty
@@ -234,6 +330,66 @@ def test_bad_input_gives_the_message_and_the_app_keeps_serving(client, tmp_path)
     assert "LSE-D" in summary
 
 
+GENERIC = "has not enabled verbose error reporting"
+MISUSES = {
+    # keyword calls with a wrong value in one slot
+    "sound as the photo": ({"face_image": "SPEECH", "audio": "SPEECH"}, r"face_image takes a still image .*speech.wav"),
+    "number as the video": ({"face_video": 0.5, "audio": "SPEECH"}, r"face_video takes a video file, but got float"),
+    "path string as the video": ({"face_video": "clip.mp4", "audio": "SPEECH"}, r"face_video .* handle_file"),
+    "number as the audio": ({"face_image": "STILL", "audio": 3.0}, r"audio takes an audio file, but got float 3.0"),
+    "word as a number": ({"face_image": "STILL", "audio": "SPEECH", "fps": "fast"}, r"fps must be a number, not 'fa"),
+    "list as a number": ({"face_image": "STILL", "audio": "SPEECH", "fps": [1]}, r"fps must be a number"),
+    "number as a choice": ({"face_image": "STILL", "audio": "SPEECH", "checkpoint": 0.5},
+                           r"checkpoint must be one of wav2lip_gan, wav2lip, not 0.5"),
+    "word as a switch": ({"face_image": "STILL", "audio": "SPEECH", "nosmooth": "yes"},
+                         r"nosmooth must be true or false, not 'yes'"),
+    "number as the box": ({"face_image": "STILL", "audio": "SPEECH", "box": 3.5}, r"box .* needs 4 numbers"),
+    "out of bounds": ({"face_image": "STILL", "audio": "SPEECH", "fps": 1000}, r"fps must be at most 120, not 1000"),
+    "fraction for a whole number": ({"face_image": "STILL", "audio": "SPEECH", "face_index": 1.5},
+                                    r"face_index must be a whole number"),
+}
+
+
+def _files(kwargs: dict) -> dict:
+    named = {"SPEECH": SPEECH, "STILL": STILL, "CLIP": CLIP}
+    return {k: handle_file(str(named[v])) if isinstance(v, str) and v in named else v for k, v in kwargs.items()}
+
+
+@pytest.mark.parametrize("case", sorted(MISUSES))
+def test_misused_calls_get_the_apps_message(client, case):
+    kwargs, message = MISUSES[case]
+    with pytest.raises(AppError, match=message) as err:
+        client.predict(**_files({"box": FACE_BOX, **kwargs}), score_input=False, api_name="/lipsync")
+    assert GENERIC not in str(err.value)
+
+
+def test_arguments_in_the_wrong_order_get_the_apps_message(client):
+    """Positional calls: the audio where the photo goes, a number where a file or a choice goes, a number as the
+    video."""
+    with pytest.raises(AppError, match=r"face_image takes .*/lipsync takes face_video, face_image, audio"):
+        client.predict(handle_file(str(CLIP)), handle_file(str(SPEECH)), api_name="/lipsync")
+    with pytest.raises(AppError, match=r"voice takes an audio file, but got float 0.5"):
+        client.predict(handle_file(str(CLIP)), None, handle_file(str(SPEECH)), 0.5, api_name="/lipsync")
+    with pytest.raises(AppError, match=r"checkpoint must be one of"):
+        client.predict(handle_file(str(CLIP)), None, handle_file(str(SPEECH)), None, 0.5, api_name="/lipsync")
+    with pytest.raises(AppError, match=r"video takes a video file, but got int 3: .*/evaluate takes video"):
+        client.predict(3, api_name="/evaluate")
+    with pytest.raises(AppError, match=r"speech.wav has sound but no picture"):
+        client.predict(handle_file(str(CLIP)), handle_file(str(SPEECH)), mode="whole-frame", api_name="/evaluate")
+    _, _, summary = client.predict(video=handle_file(str(CLIP)), mode="whole-frame", api_name="/evaluate")
+    assert "LSE-D" in summary
+
+
+def test_readable_inputs_keep_the_api_schema():
+    """The wrapped data models describe the same payloads under the same names."""
+    demo = app.build_demo(app.Settings())
+    info = demo.get_api_info()["named_endpoints"]["/lipsync"]["parameters"]
+    plain = {"face_video": app.gr.Video(), "face_image": app.gr.Image(type="filepath"), "audio": app.gr.Audio()}
+    for param in info[:3]:
+        assert param["type"] == plain[param["parameter_name"]].api_info(), param["parameter_name"]
+        assert param["python_type"]["type"] == "filepath"
+
+
 def test_engine_error_reaches_the_user_and_leaves_no_files(client):
     """An error the engine raises mid-request (a box outside the frame) is shown as is; nothing is left."""
     root = Path(app.get_upload_folder()) / app.OUTPUT_DIR_NAME
@@ -269,6 +425,105 @@ def test_two_concurrent_clients(url, downloads):
         assert_playable_mp4(video, SPEECH)
         assert_scores(details["output"])
     assert results[0][0] != results[1][0]
+
+
+# -- load: a full queue, a client that leaves ----------------------------------------------------------------
+def request_folders() -> set[Path]:
+    root = Path(app.get_upload_folder()) / app.OUTPUT_DIR_NAME
+    return set(root.iterdir()) if root.exists() else set()
+
+
+def wait_until_running(job, seconds: float = 120) -> None:
+    from gradio_client.utils import Status
+
+    deadline = time.monotonic() + seconds
+    while job.status().code not in (Status.PROCESSING, Status.PROGRESS):
+        assert time.monotonic() < deadline, job.status()
+        time.sleep(0.1)
+
+
+def test_more_clients_than_the_queue_holds_are_turned_away(weights_dir, downloads, tmp_path):
+    """One runs, one waits (LIPSYNC_QUEUE_SIZE=1), the rest hear "queue full"; the two accepted finish."""
+    import soundfile
+    from gradio_client.utils import QueueError
+
+    speech, rate = soundfile.read(SPEECH)
+    short = tmp_path / "two seconds.wav"
+    soundfile.write(short, speech[: 2 * rate], rate)
+    request = {"face_image": handle_file(str(STILL)), "audio": handle_file(str(short)), **FAST,
+               "score_input": False, "api_name": "/lipsync"}
+    with serve_app(app.Settings(queue_size=1, concurrency=1)) as url:
+        clients = [Client(url, verbose=False, download_files=str(downloads)) for _ in range(4)]
+        first = clients[0].submit(**request)
+        wait_until_running(first)
+        second = clients[1].submit(**request)
+        time.sleep(1.0)  # the second is waiting in the queue now
+        refused = []
+        for other in clients[2:]:
+            with pytest.raises(QueueError, match="Queue is full") as err:
+                other.predict(**request)
+            refused.append(err.value)
+        for job in (first, second):
+            video, _, details = job.result(timeout=600)
+            assert_playable_mp4(video, short)
+        assert len(refused) == 2
+
+
+LEAVING_CLIENT = """
+import sys, time
+from gradio_client import Client, handle_file
+from gradio_client.utils import Status
+url, face, audio, box, endpoint = sys.argv[1:]
+job = Client(url, verbose=False).submit(face_image=handle_file(face), audio=handle_file(audio), box=box,
+                                        wav2lip_batch_size=16, score_input=False, api_name=endpoint)
+while job.status().code not in (Status.PROCESSING, Status.PROGRESS):
+    time.sleep(0.1)
+print("running", flush=True)
+time.sleep(600)
+"""
+
+
+@pytest.mark.parametrize("endpoint", ["/lipsync", "/lipsync_stream"])
+def test_a_client_that_leaves_mid_run_frees_the_engine(weights_dir, downloads, tmp_path, monkeypatch, endpoint):
+    """The leaving client's run stops at its next batch: the next request does not wait for the rest of
+    it (some 150 s of generating here), and the run's folder and temporary files are gone."""
+    import signal
+    import subprocess
+    import sys
+    import tempfile
+
+    import numpy as np
+    import soundfile
+
+    long_speech = tmp_path / "minute.wav"
+    t = np.arange(60 * 16000) / 16000
+    soundfile.write(long_speech, (0.3 * np.sin(2 * np.pi * 180 * t) * (np.sin(2 * np.pi * 2 * t) > 0)
+                                  ).astype(np.float32), 16000)
+    private = tmp_path / "tmp"  # the server's temporary files (this process), and Gradio's cache in it
+    private.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(private))
+    before = request_folders()
+    with serve_app() as url:
+        leaving = subprocess.Popen([sys.executable, "-c", LEAVING_CLIENT, url, str(STILL), str(long_speech),
+                                    FACE_BOX, endpoint], stdout=subprocess.PIPE, text=True)
+        try:
+            assert leaving.stdout.readline().strip() == "running"
+            time.sleep(3)  # well into the 1500 frames
+            abandoned = request_folders() - before
+            assert len(abandoned) == 1, abandoned
+        finally:
+            leaving.send_signal(signal.SIGKILL)
+            leaving.wait(30)
+        start = time.monotonic()
+        client = Client(url, verbose=False, download_files=str(downloads))
+        job = client.submit(face_image=handle_file(str(STILL)), audio=handle_file(str(SPEECH)), **FAST,
+                            score_input=False, api_name="/lipsync")
+        video, _, _ = job.result(timeout=100)
+        assert_playable_mp4(video, SPEECH)
+        assert time.monotonic() - start < 100
+    finished = request_folders() - before
+    assert len(finished) == 1 and not finished & abandoned  # the stopped run's folder was removed
+    assert not list(private.glob("lipsync-*"))  # the engine's work folders (gradio_client keeps its own here)
 
 
 # -- the handlers and helpers, without a server --------------------------------------------------------
@@ -321,13 +576,44 @@ def test_weights_status_reports_failures():
             raise WeightsError("could not get the s3fd weights from the Hugging Face Hub; put 's3fd.pth' ...")
         return Path(f"/w/{name}")
 
-    status = app.WeightsStatus(names=("wav2lip", "s3fd"), resolve=resolve)
+    status = app.WeightsStatus(names=("wav2lip", "s3fd"), check=resolve)
     assert "fetching" in status.markdown() and not status.done()
     status.start()
     status._thread.join(5)
     assert status.done()
     text = status.markdown()
-    assert "`wav2lip` ready" in text and "**s3fd is missing**: could not get the s3fd weights" in text
+    assert "`wav2lip` ready" in text and "**s3fd cannot be used**: could not get the s3fd weights" in text
+
+
+@pytest.mark.parametrize(("bad", "how", "says"), [
+    ("wav2lip_gan.pth", "truncated", "incomplete or damaged; replace it with a complete copy"),
+    ("sfd_face.pth", "flipped", "fails its CRC check); replace it with a complete copy"),
+    ("s3fd.pth", "pickle payload", "refused checkpoint"),
+    ("syncnet_v2.model", "other network", "SyncNet (syncnet_v2): checkpoint lacks"),
+])
+def test_weights_status_checks_the_files(weights_dir, tmp_path, monkeypatch, bad, how, says):
+    """The page's weights status runs the same checks as loading: a damaged file shows as FAILED."""
+    import torch
+
+    from tests.test_weights import Payload, damage, weights_folder
+
+    folder = weights_folder(tmp_path, weights_dir, bad, "empty")
+    if how == "pickle payload":
+        torch.save({"conv1_1.weight": torch.zeros(1), "x": Payload(tmp_path / "ran")}, folder / bad)
+    elif how == "other network":
+        (folder / bad).unlink()
+        (folder / bad).symlink_to(weights_dir / "s3fd.pth")
+    else:
+        (folder / bad).write_bytes(damage((weights_dir / bad).read_bytes(), how))
+    monkeypatch.setenv("LIPSYNC_WEIGHTS_DIR", str(folder))
+    status = app.WeightsStatus()
+    status.start()
+    status._thread.join(60)
+    text = status.markdown()
+    name = bad.split(".")[0]
+    assert f"`{name}` FAILED" in text and text.count("FAILED") == 1, text
+    assert f"**{name} cannot be used**" in text and says in text and str(folder / bad) in text, text
+    assert not (tmp_path / "ran").exists()
 
 
 def test_examples_are_small_and_well_formed():

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_app import CLIP, FACE_BOX, SPEECH, serve_app
+from tests.test_app import CLIP, FACE_BOX, SPEECH, FirstPieceGate, serve_app
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 ARTIFACTS = Path(__file__).parent / "artifacts"
@@ -32,7 +32,10 @@ def page(weights_dir):
         browser.close()
 
 
-def test_lip_sync_in_the_browser(page):
+def test_lip_sync_in_the_browser(page, monkeypatch):
+    """The button streams: the first piece plays in the page, sound included, while the engine still
+    works (it waits for the page here), then the whole video and the scores appear."""
+    gate = FirstPieceGate(monkeypatch)
     page.wait_for_selector("#run-lipsync")
     page.locator("#face-video input[type=file]").set_input_files(str(CLIP))
     page.locator("#audio input[type=file]").set_input_files(str(SPEECH))
@@ -45,6 +48,15 @@ def test_lip_sync_in_the_browser(page):
     page.wait_for_selector("#audio audio, #audio wave, #audio [data-testid=waveform-controls]", state="attached",
                            timeout=60_000)
     page.locator("#run-lipsync").click()
+    # half of the first piece (0.6 s) plays: picture and sound of it are in the page
+    page.wait_for_function(
+        "() => { const v = document.querySelector('#stream-video video'); return v && v.currentTime >= 0.3; }",
+        timeout=TIMEOUT_MS,
+    )
+    assert not gate.handed.is_set() or gate.held is None  # the engine is still held at its first piece
+    assert page.locator("#output-video video").count() == 0  # the whole file is not there yet
+    page.locator("#stream-video").screenshot(path=str(ARTIFACTS / "browser_stream.png"))
+    gate.seen()
     page.wait_for_function(
         "() => { const v = document.querySelector('#output-video video');"
         " return v && v.readyState >= 1 && v.duration > 0; }",

@@ -8,7 +8,7 @@ import torch
 
 from face_detection import postprocess as pp
 from face_detection.boxes import wav2lip_rect
-from face_detection.detector import FaceDetector
+from face_detection.detector import MIN_SIDE, FaceDetector, pooled_side
 from face_detection.s3fd import S3FD
 from face_detection.sfd_face import SFDFace, SFDOutput
 from face_detection.winograd import WinogradConv2d, use_winograd
@@ -318,3 +318,44 @@ def test_detector_output_format_on_a_real_photo(weights_dir, face_image_bgr):
     out = FaceDetector(sd).detect([face_image_bgr], scale=0.25)
     assert len(out) == 1 and out[0].dtype == np.float32 and out[0].shape[1:] == (5,)
     assert np.all(np.diff(out[0][:, 4]) <= 0) and np.all(out[0][:, 4] > pp.S3FD_KEEP_THRESHOLD)
+
+
+# --- frames too small for the nets --------------------------------------------------------------------
+
+
+def test_min_side_follows_the_pooling_arithmetic():
+    assert MIN_SIDE == {"s3fd": 32, "sfd_face": 28}
+    assert [pooled_side(n, "MMMMM") for n in (31, 32, 63, 64)] == [0, 1, 1, 2]
+    assert [pooled_side(n, "MMCMM") for n in (27, 28, 31, 32)] == [0, 1, 1, 1]
+
+
+@pytest.mark.parametrize(("net_cls", "variant"), [(S3FD, "s3fd"), (SFDFace, "sfd_face")])
+def test_min_side_is_where_the_real_net_stops_running(net_cls, variant):
+    """The derived minimum against the networks themselves: each side alone, at the minimum and one below."""
+    net = net_cls().eval()
+    least = MIN_SIDE[variant]
+    with torch.inference_mode():
+        for hw in ((least, least), (least, 3 * least), (3 * least, least)):
+            net(torch.zeros(1, 3, *hw))
+        for hw in ((least - 1, 3 * least), (3 * least, least - 1)):
+            with pytest.raises(RuntimeError, match="too small"):
+                net(torch.zeros(1, 3, *hw))
+
+
+@pytest.mark.parametrize("variant", ["s3fd", "sfd_face"])
+@pytest.mark.parametrize(("width", "height", "scale"), [(2, 2, 1.0), (16, 12, 1.0), (1920, 8, 1.0), (1, 1, 0.25),
+                                                        (100, 100, 0.25), (1920, 27, 1.0), (640, 100, 0.25)])
+def test_frames_below_the_minimum_have_no_detections(s3fd_sd, sfd_sd, variant, width, height, scale):
+    det = FaceDetector(s3fd_sd if variant == "s3fd" else sfd_sd, variant=variant)
+    out = det.detect(np.zeros((2, height, width, 3), np.uint8), scale=scale)
+    assert [d.shape for d in out] == [(0, 5), (0, 5)]
+
+
+@pytest.mark.parametrize(("variant", "width", "height", "scale"),
+                         [("s3fd", 32, 32, 1.0), ("s3fd", 1920, 32, 1.0), ("sfd_face", 112, 112, 0.25),
+                          ("sfd_face", 28, 400, 1.0)])
+def test_frames_at_the_minimum_reach_the_net(s3fd_sd, sfd_sd, variant, width, height, scale):
+    fake = FakeS3FD(0, 0, 0) if variant == "s3fd" else FakeSFD(0, 0)
+    det = _detector(variant, s3fd_sd if variant == "s3fd" else sfd_sd, fake)
+    det.detect(np.zeros((1, height, width, 3), np.uint8), scale=scale)
+    assert min(fake.inputs[0].shape[2:]) == MIN_SIDE[variant]

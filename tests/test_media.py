@@ -588,6 +588,21 @@ def test_segments_play_on_their_own_and_add_up_to_the_output(tmp_path):
     assert seconds[2] == pytest.approx(1.0, abs=0.07)  # 0.8 s of picture, the last 1.0 s of the audio
 
 
+def test_a_short_first_segment(tmp_path):
+    """first_seconds: the first piece is shorter (out sooner), the rest keep their length."""
+    from lipsync.segments import Segments
+
+    done: list[Path] = []
+    with VideoWriter(tmp_path / "out.mp4", 64, 48, 25, audio=tone(16000, 2.8), audio_rate=16000,
+                     segments=Segments(tmp_path, 1.0, done.append, first_seconds=0.4)) as writer:
+        for i in range(70):
+            writer.write(pattern(48, 64, i))
+    assert [sum(1 for _ in iter_frames(p)) for p in done] == [10, 25, 25, 10]
+    with av.open(str(done[0])) as container:
+        sound = container.streams.audio[0]
+        assert float(sound.duration * sound.time_base) == pytest.approx(0.4, abs=0.07)
+
+
 def test_segments_need_h264(tmp_path):
     from lipsync.segments import Segments
 

@@ -459,3 +459,111 @@ def test_preview_detects_on_its_frame_and_says_when_there_is_no_face(engine, pla
         engine.preview(blank, speech_wav, 0.2)
     with pytest.raises(InputError, match="preview time"):
         engine.preview(face_clip, speech_wav, -1.0)
+
+# -- frames too small for the face detector, degenerate boxes ---------------------------------------------
+
+def plain_clip(path: Path, width: int, height: int, n: int = 10, value: int = 90) -> Path:
+    from lipsync.media import VideoWriter
+
+    with VideoWriter(path, width, height, Fraction(25)) as w:
+        for i in range(n):
+            w.write(np.full((height, width, 3), (value + 7 * i) % 256, np.uint8))
+    return path
+
+
+@pytest.fixture(scope="module")
+def short_speech(tmp_path_factory) -> Path:
+    """0.4 s of a tone: ten output frames."""
+    import soundfile
+
+    path = tmp_path_factory.mktemp("short") / "tone.wav"
+    t = np.arange(6400) / 16000
+    soundfile.write(path, (0.3 * np.sin(2 * np.pi * 220 * t)).astype(np.float32), 16000)
+    return path
+
+
+@pytest.mark.parametrize(("width", "height"), [(2, 2), (16, 12), (1920, 8), (30, 400)])
+@pytest.mark.parametrize("detection", ["fast", "original"])
+def test_frames_too_small_for_the_detector_say_so(engine, short_speech, tmp_path, width, height, detection):
+    clip = plain_clip(tmp_path / "tiny.mp4", width, height)
+    with pytest.raises(NoFaceError, match=rf"frames are {width}x{height} px, too small .* at least 32 px"):
+        engine.run(clip, short_speech, tmp_path / "x.mp4", LipSyncOptions(detection=detection))
+    assert not (tmp_path / "x.mp4").exists()
+    # a fixed box needs no detector: the frames are lip-synced as they are
+    result = engine.run(clip, short_speech, tmp_path / "boxed.mp4", LipSyncOptions(box=(0, height, 0, width)))
+    assert (result.width, result.height) == (width, height) and result.n_frames == 10
+
+
+def test_too_small_after_resize_names_the_options(engine, short_speech, tmp_path):
+    clip = plain_clip(tmp_path / "small.mp4", 96, 60)
+    with pytest.raises(NoFaceError, match="48x30 px after resize_factor"):
+        engine.run(clip, short_speech, tmp_path / "x.mp4", LipSyncOptions(resize_factor=2))
+
+
+def test_shrink_scale_keeps_the_short_side_detectable():
+    from lipsync.detect import shrink_scale
+
+    assert shrink_scale((240, 320), 320) == 1.0
+    assert shrink_scale((1080, 1920), 320) == 1 / 6  # unchanged wherever the shrunk frame was usable
+    assert shrink_scale((40, 1920), 320) == 0.8  # 1536x32, not 320x7
+    assert shrink_scale((30, 1920), 320) == 1.0  # never enlarged: such frames are refused before
+
+
+def test_extreme_aspect_ratio_reaches_the_real_detector(engine, short_speech, tmp_path, monkeypatch):
+    """A 1920x40 strip: the fast preset hands S3FD 1536x32 frames, which it runs on (it crashed on 320x7)."""
+    real = engine.detector()
+    seen: list[tuple[int, ...]] = []
+
+    class Recording:
+        def detect(self, frames, **kwargs):
+            seen.extend(f.shape for f in frames)
+            return real.detect(frames, **kwargs)
+
+    monkeypatch.setattr(engine, "detector", lambda: Recording())
+    clip = plain_clip(tmp_path / "strip.mp4", 1920, 40)
+    try:
+        engine.run(clip, short_speech, tmp_path / "strip_out.mp4", LipSyncOptions(cache_detections=False))
+    except NoFaceError as exc:  # random weights may or may not "see" a face in a flat strip
+        assert "No face found in any of the 10 frames" in str(exc)
+    assert seen and {s[:2] for s in seen} == {(32, 1536)}
+
+
+class ThinBoxDetector:
+    """A 'face' one pixel wide (and one pixel high at frame 3) on every frame."""
+
+    def detect(self, frames, scale: float = 1.0):
+        return [np.array([[50, 40, 51, 41 if i == 3 else 80, 0.99]], np.float32) for i, _ in enumerate(frames)]
+
+
+def test_one_pixel_boxes_reach_the_generator(engine, short_speech, tmp_path, monkeypatch):
+    """Detected and fixed boxes one pixel wide: the 96x96 crop is an upscaled column, pasted back into it."""
+    monkeypatch.setattr(engine, "detector", lambda: ThinBoxDetector())
+    clip = plain_clip(tmp_path / "plain.mp4", 160, 120)
+    out = tmp_path / "thin.mkv"
+    result = engine.run(clip, short_speech, out, LipSyncOptions(detection="original", nosmooth=True, pads=(0, 0, 0, 0),
+                                                                cache_detections=False))
+    assert result.no_face_ranges == [] and result.n_frames == 10
+    src, dst = list(iter_frames(clip)), list(iter_frames(out))
+    outside = np.ones((120, 160), bool)
+    outside[40:80, 50:51] = False
+    assert all(np.array_equal(a[outside], b[outside]) for a, b in zip(src, dst, strict=True))
+    fixed = engine.run(clip, short_speech, tmp_path / "fixed.mkv", LipSyncOptions(box=(60, 61, 70, 71)))
+    assert fixed.n_frames == 10
+
+
+def test_should_stop_ends_the_run_between_batches_and_leaves_nothing(engine, face_clip, speech_wav, tmp_path):
+    from lipsync.errors import Cancelled
+
+    asked = []
+
+    def stop_at_third() -> bool:
+        asked.append(1)
+        return len(asked) == 3
+
+    out = tmp_path / "stopped.mp4"
+    with pytest.raises(Cancelled, match="output frame 32 of"):
+        engine.run(face_clip, speech_wav, out, LipSyncOptions(box=CLIP_BOX, wav2lip_batch_size=16),
+                   should_stop=stop_at_third)
+    assert len(asked) == 3 and not out.exists() and leftovers() == []
+    result = engine.run(face_clip, speech_wav, out, LipSyncOptions(box=CLIP_BOX), should_stop=lambda: False)
+    assert result.n_frames > 0 and out.exists()

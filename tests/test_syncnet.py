@@ -376,3 +376,52 @@ def test_jpeg_round_trip_matches_ffmpeg_image2(tmp_path: Path, face_image_bgr: n
         # (ours starts from BGR, ffmpeg from YUV), which moves pixels by ~2 levels on average
         assert diff < 3.0, (i, diff)
         assert diff < np.abs(d.astype(int) - r).mean() or i < 3, (i, diff)
+
+
+def test_full_range_levels_stretch_limited_range():
+    assert crops._FULL_LUMA[[0, 16, 126, 235, 255]].tolist() == [0, 0, 128, 255, 255]
+    # chroma 16 lands on 0.5 exactly and rounds to even, as swscale does
+    assert crops._FULL_CHROMA[[0, 16, 17, 128, 240, 255]].tolist() == [0, 0, 2, 128, 255, 255]
+
+
+@pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="needs the ffmpeg command line tool")
+def test_full_range_planes_are_ffmpegs_for_every_level(tmp_path: Path):
+    """yuv420p -> yuvj420p as the ffmpeg command line converts it, over all 256 levels of each plane."""
+    import av
+
+    width, height = 64, 32
+    levels = np.arange(width * height) % 256
+    raw = np.concatenate([levels, levels[: width * height // 4], (7 * levels[: width * height // 4]) % 256])
+    (tmp_path / "in.yuv").write_bytes(raw.astype(np.uint8).tobytes())
+    subprocess.run(["ffmpeg", "-nostdin", "-loglevel", "error", "-y", "-f", "rawvideo", "-pix_fmt", "yuv420p",
+                    "-s", f"{width}x{height}", "-i", str(tmp_path / "in.yuv"), "-pix_fmt", "yuvj420p", "-f",
+                    "rawvideo", str(tmp_path / "out.yuv")], check=True)
+    frame = av.VideoFrame.from_ndarray(raw.astype(np.uint8).reshape(-1, width), format="yuv420p")
+    ours = np.concatenate([p.ravel() for p in crops.full_range_planes(frame)])
+    assert np.array_equal(ours, np.fromfile(tmp_path / "out.yuv", np.uint8))
+    assert crops.full_range_planes(frame.reformat(format="yuv444p")) is None  # other layouts: the BGR path
+
+
+@pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="needs the ffmpeg command line tool")
+@pytest.mark.parametrize("rotate", [0, 90])
+def test_decoded_frames_give_ffmpegs_jpegs_pixel_for_pixel(tmp_path: Path, face_image_bgr: np.ndarray, rotate: int):
+    """``ffmpeg -i video.mp4 -threads 1 -f image2 %06d.jpg`` + cv2.imread, as the LRS2 script reads a video."""
+    from lipsync.media import VideoWriter, iter_video_frames
+
+    video = tmp_path / "face.mp4"
+    with VideoWriter(video, 224, 224, 25) as writer:
+        for frame in _moving_frames(face_image_bgr, 20):
+            writer.write(frame)
+    if rotate:
+        turned = tmp_path / "turned.mp4"
+        subprocess.run(["ffmpeg", "-nostdin", "-v", "error", "-y", "-i", str(video), "-c", "copy",
+                        "-metadata:s:v", f"rotate={rotate}", str(turned)], check=True)
+        video = turned
+    subprocess.run(["ffmpeg", "-nostdin", "-loglevel", "error", "-y", "-i", str(video), "-threads", "1",
+                    "-f", "image2", str(tmp_path / "%06d.jpg")], check=True)
+    reference = [cv2.imread(str(p)) for p in sorted(tmp_path.glob("*.jpg"))]
+    rt = crops.JpegRoundTrip()
+    ours = [rt.decoded(frame, orientation) for frame, orientation in iter_video_frames(video, fps=25)]
+    assert len(ours) == len(reference) == 20
+    for i, (o, r) in enumerate(zip(ours, reference, strict=True)):
+        assert np.array_equal(o, r), (i, np.abs(o.astype(int) - r).mean())

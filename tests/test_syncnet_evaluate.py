@@ -193,6 +193,29 @@ def test_whole_frame_on_a_real_clip(evaluator: SyncNetEvaluator, short_clip: Pat
     assert direct.lse_d != result.lse_d and not direct.jpeg_roundtrip
 
 
+GOLDEN_LSE = json.loads((REPO / "tests" / "data" / "golden" / "lse_whole_frame.json").read_text())
+
+
+@pytest.mark.parametrize("name", sorted(GOLDEN_LSE["videos"]))
+def test_whole_frame_scores_match_the_reference_script(evaluator: SyncNetEvaluator, name: str):
+    """The LRS2 script's numbers for lip-synced outputs of a still photo and of a moving video (golden README §3)."""
+    expected = GOLDEN_LSE["videos"][name]
+    video = REPO / "tests" / "data" / "golden" / "lse_whole_frame" / name
+    from lipsync.hashing import file_sha256
+
+    assert file_sha256(video) == expected["sha256"]
+    assert file_sha256(evaluator.weights_dir / "syncnet_v2.model") == GOLDEN_LSE["weights_sha256"]
+    result = evaluator.evaluate(video, EvalOptions(mode="whole-frame"), progress=False)
+    track, = result.tracks
+    assert result.n_frames == expected["jpeg_frames"]
+    # min(frames, audio samples // 640) - 5: the AAC padding the reference decodes adds a window here
+    assert track.n_windows == min(expected["jpeg_frames"], expected["audio_samples"] // 640) - 5
+    assert track.offset == expected["offset"]
+    assert track.lse_d == pytest.approx(expected["lse_d"], rel=1e-5)
+    assert track.lse_c == pytest.approx(expected["lse_c"], abs=1e-3)
+    assert result.messages == []  # the decoded padding is not taken for a longer audio track
+
+
 def test_tracks_with_random_detector_weights_find_no_face(evaluator: SyncNetEvaluator, short_clip: Path):
     with pytest.raises(NoFaceError, match="whole-frame"):
         evaluator.evaluate(short_clip, progress=False)
@@ -288,3 +311,74 @@ def test_evaluator_detector_is_sfd_face_with_winograd_and_checks_the_file(weight
     assert sum(isinstance(m, WinogradConv2d) for m in det.net.modules()) == 9
     with pytest.raises(WeightsError, match=r"s3fd.pth: sfd_face checkpoint does not fit"):
         SyncNetEvaluator(weights_dir, device="cpu", detector=weights_dir / "s3fd.pth").detector  # noqa: B018
+
+
+# -- frames too small for the detector, degenerate crops ---------------------------------------------------
+
+def sized_clip(path: Path, width: int, height: int, n_frames: int = 20) -> Path:
+    t = np.arange(640 * n_frames) / 16000
+    audio = (0.3 * np.sin(2 * np.pi * 220 * t) * (np.sin(2 * np.pi * 3 * t) > 0)).astype(np.float32)[None]
+    with VideoWriter(path, width, height, Fraction(25), audio=audio, audio_rate=16000) as w:
+        for i in range(n_frames):
+            w.write(np.full((height, width, 3), 40 + 9 * i, np.uint8))
+    return path
+
+
+@pytest.mark.parametrize(("width", "height", "fix"), [(2, 2, "--mode whole-frame instead"),
+                                                      (100, 100, "--facedet-scale to at least 0.28"),
+                                                      (1920, 8, "--mode whole-frame instead"),
+                                                      (640, 104, "--facedet-scale to at least 0.27")])
+def test_tracks_on_frames_too_small_for_the_detector(evaluator: SyncNetEvaluator, tmp_path: Path, width: int,
+                                                     height: int, fix: str):
+    clip = sized_clip(tmp_path / "small.mkv", width, height)
+    with pytest.raises(NoFaceError, match=rf"frames are {width}x{height} px, .* at least 28 px .*{fix}"):
+        evaluator.evaluate(clip, EvalOptions(min_track=10), progress=False)
+
+
+def test_tracks_at_the_smallest_detectable_size_run_the_detector(evaluator: SyncNetEvaluator, tmp_path: Path):
+    clip = sized_clip(tmp_path / "least.mkv", 112, 112)  # 28x28 at scale 0.25
+    with pytest.raises(NoFaceError, match="no face found in any frame"):  # random weights: no face
+        evaluator.evaluate(clip, EvalOptions(min_track=10), progress=False)
+    # the scale the message suggests is enough
+    with pytest.raises(NoFaceError, match="no face found in any frame"):
+        evaluator.evaluate(sized_clip(tmp_path / "s.mkv", 100, 100), EvalOptions(min_track=10, facedet_scale=0.28),
+                           progress=False)
+
+
+@pytest.mark.parametrize(("width", "height"), [(1, 1), (2, 2), (1920, 8)])
+def test_whole_frame_scores_tiny_frames(evaluator: SyncNetEvaluator, tmp_path: Path, width: int, height: int):
+    """Whole-frame mode resizes every frame to 224x224, however small (the JPEG path too)."""
+    for container in ("mp4", "mkv"):
+        result = evaluator.evaluate(sized_clip(tmp_path / f"tiny.{container}", width, height),
+                                    EvalOptions(mode="whole-frame"), progress=False)
+        assert result.tracks[0].n_windows == 15 and np.isfinite(result.lse_d)
+
+
+@pytest.mark.parametrize("box", [(50, 50, 50, 50), (50, 50, 51, 90), (50, 50, 50.4, 50.4), (-500, -500, -400, -400),
+                                 (0, 0, 1, 1)])
+def test_degenerate_track_boxes_give_full_size_crops(box):
+    from syncnet.crops import CROP_SIZE, crop_face, smooth_track
+
+    frame = np.random.default_rng(3).integers(0, 256, (120, 160, 3), dtype=np.uint8)
+    for s, x, y in smooth_track(np.array([box] * 20, np.float64)):
+        assert crop_face(frame, s, x, y).shape == (CROP_SIZE, CROP_SIZE, 3)
+
+
+@pytest.mark.parametrize(("mode", "stop_after", "where"), [("whole-frame", 1, 0), ("whole-frame", 5, 100),
+                                                      ("tracks", 1, 0), ("tracks", 7, 25)])
+def test_should_stop_ends_each_pass(tmp_path: Path, mode: str, stop_after: int, where: int):
+    """Asked once a second of video (25 frames) in every pass: tracks mode's 7th question is at frame 25 of
+    its second pass (the detection pass over 120 frames asks 5 times)."""
+    from lipsync.errors import Cancelled
+
+    clip = planted_clip(tmp_path / "planted.mkv", 120, 2)
+    options = EvalOptions(mode=mode, min_track=20)
+    asked = []
+
+    def should_stop() -> bool:
+        asked.append(1)
+        return len(asked) >= stop_after
+
+    with pytest.raises(Cancelled, match=f"stopped at frame {where}$"):
+        planted_evaluator().evaluate(clip, options, progress=False, should_stop=should_stop)
+    assert planted_evaluator().evaluate(clip, options, progress=False, should_stop=lambda: False).offset == -2

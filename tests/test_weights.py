@@ -1,4 +1,8 @@
 import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -90,7 +94,7 @@ def test_corrupt_and_pickled_code_are_refused(tmp_path):
         weights.load_state_dict(bad)
     evil = tmp_path / "evil.pth"
     torch.save({"state_dict": {"w": torch.zeros(1)}, "obj": Tiny}, evil)  # a class: needs full unpickling
-    with pytest.raises(WeightsError, match="cannot read checkpoint"):
+    with pytest.raises(WeightsError, match="refused checkpoint .*Python objects other than tensors"):
         weights.load_state_dict(evil)
 
 
@@ -109,3 +113,136 @@ def test_known_full_hash_is_enforced(tmp_path, monkeypatch):
     monkeypatch.setenv("LIPSYNC_WEIGHTS_DIR", str(tmp_path))
     with pytest.raises(WeightsError, match="does not match the known s3fd weights"):
         weights.resolve("s3fd")
+
+
+# -- damaged and hostile checkpoints ------------------------------------------------------------------
+
+def damage(data: bytes, how: str) -> bytes:
+    middle = len(data) // 2
+    return {"truncated": data[:middle], "empty": b"",
+            "flipped": data[:middle] + bytes(b ^ 0xFF for b in data[middle:middle + 4096]) + data[middle + 4096:],
+            "zeroed head": b"\0" * 1024 + data[1024:], "not a checkpoint": b"<html>404 Not Found</html>"}[how]
+
+
+def weights_folder(tmp_path: Path, source: Path, bad: str, how: str) -> Path:
+    """A LIPSYNC_WEIGHTS_DIR with the generated checkpoints (linked) and ``bad`` damaged."""
+    folder = tmp_path / "weights"
+    folder.mkdir()
+    for f in source.iterdir():
+        if f.name != bad:
+            (folder / f.name).symlink_to(f)
+    (folder / bad).write_bytes(damage((source / bad).read_bytes(), how))
+    return folder
+
+
+DAMAGE = ["truncated", "empty", "flipped", "zeroed head", "not a checkpoint"]
+
+
+@pytest.mark.parametrize("how", DAMAGE)
+def test_damaged_checkpoint_in_the_weights_dir_names_file_and_fix(weights_dir, tmp_path, monkeypatch, how):
+    from syncnet.model import load_syncnet
+
+    folder = weights_folder(tmp_path, weights_dir, "syncnet_v2.model", how)
+    monkeypatch.setenv("LIPSYNC_WEIGHTS_DIR", str(folder))
+    with pytest.raises(WeightsError) as err:
+        load_syncnet()
+    message = str(err.value)
+    assert str(folder / "syncnet_v2.model") in message, message
+    assert "replace it with a complete copy: put 'syncnet_v2.model'" in message and "lithiumice/syncnet" in message
+
+
+def test_damaged_checkpoint_given_by_path(weights_dir, tmp_path, monkeypatch):
+    bad = tmp_path / "mine.model"
+    bad.write_bytes(damage((weights_dir / "syncnet_v2.model").read_bytes(), "truncated"))
+    monkeypatch.setenv("LIPSYNC_SYNCNET_V2_PATH", str(bad))
+    with pytest.raises(WeightsError, match="incomplete or damaged; point LIPSYNC_SYNCNET_V2_PATH at a complete copy"):
+        weights.load_model(Tiny(), "syncnet_v2")
+    monkeypatch.delenv("LIPSYNC_SYNCNET_V2_PATH")
+    with pytest.raises(WeightsError, match=f"replace '{bad}' with a complete copy"):
+        weights.load_model(Tiny(), bad)
+
+
+def fake_hub_cache(root: Path, spec: weights.WeightSpec, content: bytes) -> Path:
+    """The file as huggingface_hub caches it: snapshots/<commit>/<file> linked to blobs/<hash>."""
+    repo = root / f"models--{spec.repo_id.replace('/', '--')}"
+    commit = "0" * 40
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / spec.revision).write_text(commit)
+    blob = repo / "blobs" / "deadbeef"
+    blob.parent.mkdir()
+    blob.write_bytes(content)
+    link = repo / "snapshots" / commit / spec.filename
+    link.parent.mkdir(parents=True)
+    link.symlink_to(blob)
+    return blob
+
+
+def test_damaged_checkpoint_in_the_hub_cache_says_delete_the_blob(weights_dir, tmp_path, monkeypatch):
+    import huggingface_hub.constants as hc
+
+    monkeypatch.delenv("LIPSYNC_WEIGHTS_DIR", raising=False)
+    monkeypatch.setattr(hc, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(hc, "HF_HUB_CACHE", str(tmp_path))
+    good = (weights_dir / "syncnet_v2.model").read_bytes()
+    blob = fake_hub_cache(tmp_path, weights.spec_for("syncnet_v2"), damage(good, "flipped"))
+    with pytest.raises(WeightsError, match=f"delete {blob} \\(the Hugging Face cache's copy\\)"):
+        weights.load_state_dict(weights.resolve("syncnet_v2"),
+                                fix=weights.how_to_replace("syncnet_v2", weights.resolve("syncnet_v2")))
+    blob.unlink()  # the fix: then the cache no longer has the file, and it would be downloaded
+    with pytest.raises(WeightsError, match="could not get the syncnet_v2 weights from the Hugging Face Hub"):
+        weights.resolve("syncnet_v2")
+    blob.write_bytes(good)
+    assert weights.load_state_dict(weights.resolve("syncnet_v2"))
+
+
+class Payload:
+    """Unpickling this runs os.mkdir(marker): what a hostile checkpoint would do with worse code."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.mkdir, (str(self.marker),)
+
+
+@pytest.mark.parametrize("zip_format", [True, False])
+def test_checkpoint_with_a_pickle_payload_is_refused_without_running_it(tmp_path, zip_format):
+    def craft(marker: Path) -> Path:
+        path = tmp_path / f"{marker.name}.pth"
+        torch.save({"state_dict": Tiny().state_dict(), "extra": Payload(marker)}, path,
+                   _use_new_zipfile_serialization=zip_format)
+        return path
+
+    live = tmp_path / "ran"
+    torch.load(craft(live), weights_only=False)  # the payload is real: a plain unpickling runs it
+    assert live.is_dir()
+    marker = tmp_path / "must-not-run"
+    evil = craft(marker)
+    with pytest.raises(WeightsError, match=r"refused checkpoint .*GLOBAL posix.mkdir.*could run code"):
+        weights.load_model(Tiny(), evil)
+    with pytest.raises(WeightsError, match="refused checkpoint"):
+        weights.check_file(evil, Tiny(), label="tiny")
+    assert not marker.exists()
+
+
+def test_check_file_compares_names_and_shapes_on_the_meta_device(weights_dir):
+    from lipsync.model import Wav2Lip
+
+    with torch.device("meta"):
+        model = Wav2Lip()
+    assert weights.check_file("wav2lip_gan", model, label="Wav2Lip", weights_dir=weights_dir) == \
+        weights_dir / "wav2lip_gan.pth"
+    with pytest.raises(WeightsError, match="sfd_face.pth: Wav2Lip: checkpoint lacks .* right file"):
+        weights.check_file(weights_dir / "sfd_face.pth", model, label="Wav2Lip")
+
+
+def test_cli_with_a_truncated_checkpoint_exits_2(weights_dir, tmp_path):
+    folder = weights_folder(tmp_path, weights_dir, "wav2lip_gan.pth", "truncated")
+    repo = Path(__file__).resolve().parents[1]
+    face, audio = repo / "examples" / "face_still.jpg", repo / "examples" / "speech.wav"
+    proc = subprocess.run([sys.executable, "-m", "lipsync", str(face), str(audio), "-o", str(tmp_path / "o.mp4"),
+                           "--box", "30", "170", "65", "190", "--weights-dir", str(folder)],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert f"{folder / 'wav2lip_gan.pth'}" in proc.stderr and "replace it with a complete copy" in proc.stderr
+    assert not (tmp_path / "o.mp4").exists()
