@@ -66,6 +66,16 @@ def read_index(frame: np.ndarray) -> int:
     return index
 
 
+def planted_row(frame: np.ndarray, boxes: np.ndarray) -> np.ndarray | None:
+    """``(5,)`` x1 y1 x2 y2 score: the planted face box of the clip frame ``frame`` shows, in that frame's
+    pixels (scaled from full-size clip pixels), or None where its frame-index code names no frame of ``boxes``."""
+    index = read_index(frame)
+    if index >= len(boxes):
+        return None
+    box = np.asarray(boxes[index], dtype=np.float32) * (frame.shape[1] / WIDTH)
+    return np.array([*box, PLANTED_SCORE], dtype=np.float32)
+
+
 class PlantedDetector:
     """Wraps a real ``FaceDetector``: runs its network (timed), answers with the ground-truth boxes.
 
@@ -91,14 +101,12 @@ class PlantedDetector:
         self.real_faces += sum(len(d) for d in found)
         out = []
         for frame in frames:
-            index = read_index(frame)
-            if index >= len(self.boxes):
+            row = planted_row(frame, self.boxes)
+            if row is None:
                 self.unreadable += 1
                 out.append(np.zeros((0, 5), np.float32))
                 continue
-            scale = frame.shape[1] / WIDTH
-            box = self.boxes[index] * scale
-            out.append(np.array([[*box, PLANTED_SCORE]], dtype=np.float32))
+            out.append(row[None, :])
         return out
 
     def stats(self) -> dict:
@@ -294,9 +302,10 @@ def machine_note() -> str:
     return f"{cores} cores, torch {torch.__version__} ({torch.get_num_threads()} threads), load average {load}"
 
 
-def add_common_arguments(parser: argparse.ArgumentParser, what: str) -> None:
+def add_common_arguments(parser: argparse.ArgumentParser, what: str, seconds: Sequence[int] = (10, 60)) -> None:
     """The options both benchmarks take (``what`` names the code under test in the help)."""
-    parser.add_argument("--seconds", type=int, nargs="+", default=[10, 60], help="clip lengths (default 10 60)")
+    parser.add_argument("--seconds", type=int, nargs="+", default=list(seconds),
+                        help=f"clip lengths (default {' '.join(map(str, seconds))})")
     parser.add_argument("--no-plant", action="store_true",
                         help="do not plant face boxes: with random weights no face is found")
     parser.add_argument("--weights", type=Path, help="folder of generated checkpoints (made if missing)")
@@ -311,6 +320,22 @@ def add_common_arguments(parser: argparse.ArgumentParser, what: str) -> None:
                         help="the options' precision (default: the options' own default)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--result", help=argparse.SUPPRESS)
+
+
+def child_spec(args: argparse.Namespace, seconds: int, clip: Path, boxes: Path, weights: Path, mode: str) -> dict:
+    """What a benchmark's child process is told about one run (the keys every benchmark's child reads)."""
+    return {"seconds": seconds, "clip": str(clip), "boxes": str(boxes), "weights": str(weights), "mode": mode,
+            "plant": not args.no_plant, "progress": args.progress, "precision": args.precision}
+
+
+def run_labelled(label: str, module: str, spec: dict, args: argparse.Namespace) -> ChildRun:
+    """One run of ``module``'s child in a fresh process, after waiting for a quiet machine (``--wait-quiet``)."""
+    if args.wait_quiet > 0:
+        wait_for_quiet(args.wait_quiet)
+    print(f"running {label} ...", file=sys.stderr, flush=True)
+    run = run_child(module, spec, timeout=args.timeout)
+    print(f"  {label}: {json.dumps(run.result)[:300]}", file=sys.stderr, flush=True)
+    return run
 
 
 def run_all(module: str, args: argparse.Namespace, modes: Sequence[str], extra_spec: dict,
@@ -328,15 +353,8 @@ def run_all(module: str, args: argparse.Namespace, modes: Sequence[str], extra_s
         clip, boxes = ensure_clip(seconds, args.clips)
         for mode, k in ((m, k) for m in modes for k in range(args.repeat)):
             label = f"{seconds} s {mode}" + (f" #{k + 1}" if args.repeat > 1 else "")
-            if args.wait_quiet > 0:
-                wait_for_quiet(args.wait_quiet)
-            print(f"running {label} ...", file=sys.stderr, flush=True)
-            spec = {"seconds": seconds, "clip": str(clip), "boxes": str(boxes), "weights": str(weights),
-                    "mode": mode, "plant": not args.no_plant, "progress": args.progress,
-                    "precision": args.precision, **extra_spec}
-            run = run_child(module, spec, timeout=args.timeout)
-            runs.append((label, run))
-            print(f"  {label}: {json.dumps(run.result)[:300]}", file=sys.stderr, flush=True)
+            spec = {**child_spec(args, seconds, clip, boxes, weights, mode), **extra_spec}
+            runs.append((label, run_labelled(label, module, spec, args)))
     print()
     report(runs)
     print(f"\nmachine after: {machine_note()}")
