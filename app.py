@@ -80,9 +80,7 @@ GPU_SCORE_PER_SECOND = 0.5  # per second of video scored
 PREVIEW_GPU_SECONDS = 20  # one frame
 OUTPUT_DIR_NAME = "lipsync-outputs"
 # /lipsync_stream's pieces: Gradio's streaming video plays pieces of a second or more smoothly, at a few
-# FFmpeg runs per piece. Gradio re-encodes the sound with one AAC encoder per stream, which is still
-# starting when the first piece comes and sends most of its sound with the second piece: the page
-# can play once the second piece is in, so the first is short
+# FFmpeg runs per piece; the first is short, so that it is out sooner (see patient_stream_audio)
 SEGMENT_SECONDS = 2.0
 FIRST_SEGMENT_SECONDS = 0.6
 StopCheck = Callable[[], bool]  # asked by the engine and the evaluator as they go: True stops the run
@@ -240,6 +238,11 @@ class ScoreCache:
                 for name in ("syncnet_v2", "sfd_face")}
         return content_key(path, {"options": dataclasses.asdict(options), **nets})
 
+    def lookup(self, path: Path, options: EvalOptions) -> tuple[str, VideoResult | None]:
+        """``path``'s key, and its scores when this content was scored with these options already."""
+        key = self.key(path, options)
+        return key, self.get(key, path)
+
     def get(self, key: str, path: Path) -> VideoResult | None:
         with self._lock:
             if key not in self._items:
@@ -391,8 +394,8 @@ def _score_or_message(path: Path, options: EvalOptions, should_stop: StopCheck |
 
 
 def _score_gpu_seconds(path: Path, *_: Any, **__: Any) -> int:
-    seconds = probe(path).duration or Settings.from_env().max_seconds
-    return min(gpu_seconds(0, seconds), Settings.from_env().gpu_max_seconds)
+    settings = Settings.from_env()
+    return min(gpu_seconds(0, probe(path).duration or settings.max_seconds), settings.gpu_max_seconds)
 
 
 _score_on_gpu = _on_gpu(_score_or_message, _score_gpu_seconds)
@@ -428,8 +431,8 @@ def patient_stream_audio(startup: float = 1.0, steady: float = 0.25) -> bool:
     piece's sound; the rest goes out with the next piece, and the browser, which plays only where it
     has both picture and sound, plays each piece only once the next one is in (measured in Chromium:
     0.19 s of sound buffered under a 0.4 s first piece, 0.38 s under the first 2.4 s; 0.32 s and 2.37 s
-    with the waits below). Longer waits cost the
-    pieces a quarter of a second each on their way out, in Gradio's threads, not the engine's.
+    with the waits below). Longer waits cost the pieces a quarter of a second each on their way out, in
+    Gradio's threads, not the engine's.
     """
     try:
         from gradio import audio_stream_encoder as encoder
@@ -563,10 +566,9 @@ def _score_safely(path: Path, options: EvalOptions, should_stop: StopCheck | Non
     the video cannot be scored (no face track, no audio...)."""
     cache = Models.shared().scores
     try:
-        key = cache.key(path, options)
+        key, result = cache.lookup(path, options)
     except LipSyncError as exc:
         return None, str(exc)
-    result = cache.get(key, path)
     if result is not None:
         return result, None
     result, message = _score_on_gpu(path, options, should_stop)
@@ -777,8 +779,8 @@ def _lipsync_run(request: LipSyncRequest, stream: bool, should_stop: StopCheck |
     cache = Models.shared().scores
     key, cached = None, None
     if request.scores_input:
-        key = cache.key(request.face_video, request.scoring)
-        if (known := cache.get(key, request.face_video)) is not None:
+        key, known = cache.lookup(request.face_video, request.scoring)
+        if known is not None:
             cached = (known, None)
     for kind, item in _lipsync_on_gpu(request, cached, stream, should_stop):
         if kind == "done" and key is not None and cached is None and item[1]["input"][0] is not None:
@@ -844,8 +846,8 @@ def _lipsync_stream(values: dict[str, Any], progress: gr.Progress,
 
 run_lipsync_stream = endpoint(
     _lipsync_stream, "run_lipsync_stream", LIPSYNC_FILES, LIPSYNC_PARAMS + INPUT_SCORING_PARAMS + SCORE_PARAMS,
-    f"/lipsync, streamed: the output plays while it is made, in pieces of {SEGMENT_SECONDS:g} s, then the whole "
-    "MP4 and the scores come as /lipsync gives them.",
+    f"/lipsync, streamed: the output plays while it is made, in pieces ({FIRST_SEGMENT_SECONDS:g} s, then "
+    f"{SEGMENT_SECONDS:g} s each), then the whole MP4 and the scores come as /lipsync gives them.",
     "While it runs, the pieces for the streaming player (with gradio_client, snapshots of its HLS playlist: "
     "use the second output); at the end, /lipsync's three outputs: the lip-synced MP4, the Markdown summary and "
     "the JSON.", stream=True)
