@@ -120,6 +120,16 @@ def fixed_boxes(box: tuple[int, int, int, int], frame_hw: tuple[int, int], n_fra
     return np.tile(rect, (n_frames, 1))
 
 
+def chosen_boxes(dets: Mapping[int, np.ndarray], n_frames: int, options: LipSyncOptions) -> np.ndarray:
+    """The chosen face's detected box per frame, interpolated between key frames (fast preset): ``(n, 4)``
+    float, NaN where there is no face. Frame i depends only on the detections up to the next one seen."""
+    boxes = select_face(dets, n_frames, face_index=options.face_index, face_point=options.face_point,
+                        top_score=options.detection == "original" and options.face_index == 0)
+    if options.detection == "fast":
+        boxes = interpolate_undetected(boxes, dets.keys())
+    return boxes
+
+
 def boxes_from_detections(dets: Mapping[int, np.ndarray], n_frames: int, options: LipSyncOptions,
                           frame_hw: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
     """The chosen face's box in every frame: ``(boxes (n, 4) int x1 y1 x2 y2, found (n,) bool)``.
@@ -127,25 +137,46 @@ def boxes_from_detections(dets: Mapping[int, np.ndarray], n_frames: int, options
     Picks the face by the options' rule, interpolates the frames the fast preset did not look at,
     then bridges, pads and smooths as ``finalize_boxes``.
     """
-    boxes = select_face(dets, n_frames, face_index=options.face_index, face_point=options.face_point,
-                        top_score=options.detection == "original" and options.face_index == 0)
-    if options.detection == "fast":
-        boxes = interpolate_undetected(boxes, dets.keys())
-    return finalize_boxes(boxes, pads=options.pads, frame_hw=frame_hw, max_gap=options.max_gap,
-                          smooth=not options.nosmooth)
+    return finalize_boxes(chosen_boxes(dets, n_frames, options), pads=options.pads, frame_hw=frame_hw,
+                          max_gap=options.max_gap, smooth=not options.nosmooth)
+
+
+def smooth_window(options: LipSyncOptions) -> int:
+    """How many frames one output box averages (Wav2Lip's forward smoothing; 1 without it)."""
+    return 1 if options.nosmooth else WAV2LIP_SMOOTH_WINDOW
 
 
 def lookahead(options: LipSyncOptions) -> int:
-    """How many frames past frame i the detections must reach before i's box is final.
-
-    ``boxes_from_detections`` looks ahead at most to the next key frame (interpolation, fast preset),
-    past a gap of up to ``max_gap`` frames to its far side (gap bridging), and ``WAV2LIP_SMOOTH_WINDOW``
-    frames for the forward smoothing window, which also depends on where a run of faces ends.
-    """
+    """How many frames past frame i the detections must reach before i's box is final, when every frame
+    has a face: to the next key frame (interpolation, fast preset) and the rest of the smoothing window.
+    A gap without a face at the end of the detected frames holds more back (see ``prefix_boxes``)."""
     interpolation = options.detect_every if options.detection == "fast" else 0
-    return interpolation + options.max_gap + 1 + WAV2LIP_SMOOTH_WINDOW
+    return interpolation + smooth_window(options) - 1
 
 
-def settled_boxes(settled: int, n_frames: int, options: LipSyncOptions) -> int:
-    """Frames whose boxes are final once the first ``settled`` of ``n_frames`` frames have their detections."""
-    return n_frames if settled >= n_frames else max(0, settled - lookahead(options))
+def prefix_boxes(dets: Mapping[int, np.ndarray], detected: int, n_frames: int, options: LipSyncOptions,
+                 frame_hw: tuple[int, int]) -> tuple[np.ndarray, np.ndarray, int]:
+    """Boxes from the detections of the first ``detected`` of ``n_frames`` frames (the frames the
+    detector saw among them, up to the last): ``(boxes, found, final)``, where the first ``final`` rows
+    are what ``boxes_from_detections`` gives for the whole video, whatever the later frames hold.
+
+    Frame i's chosen box depends only on frames up to i (face choice) and the next frame seen
+    (interpolation), so every frame of the prefix has its final chosen box. Gap bridging then decides a
+    run of frames without a face once the run has ended, or is known to start at frame 0, or is longer
+    than ``max_gap``: only a trailing run not yet decided is open. Smoothing averages each box with the
+    ``smooth_window - 1`` next ones of its run, so a box is final once those are.
+    """
+    detected = min(detected, n_frames)
+    part = {i: d for i, d in dets.items() if i < detected}
+    chosen = chosen_boxes(part, detected, options)
+    boxes, found = finalize_boxes(chosen, pads=options.pads, frame_hw=frame_hw, max_gap=options.max_gap,
+                                  smooth=not options.nosmooth)
+    if detected >= n_frames:
+        return boxes, found, n_frames
+    decided = detected
+    missing = np.isnan(chosen[:, 0])
+    if detected and missing[-1]:
+        first = true_runs(missing)[-1][0]
+        if first > 0 and detected - first <= options.max_gap:
+            decided = first
+    return boxes, found, max(0, decided - smooth_window(options) + 1)

@@ -51,12 +51,12 @@ FRAME_BUFFER_BYTES = 128 * 1024 * 1024
 CPU_GENERATOR_BATCH = 16
 # On a GPU, batches decoded ahead of and encoded behind the generator (see lipsync.overlap).
 OVERLAP_BATCHES = 2
-# The detection pass advances in steps of this many frames past what the render pass needs (each
-# step recomputes the settled boxes from the start, so not frame by frame: 28 ms for 3000 frames),
-# in steps of one render batch over the first START_FRAMES: the first frames (and a stream's first
-# piece) wait for no more detection than their boxes need.
+# Past the first START_FRAMES frames the detection pass advances in steps of this many frames beyond what
+# the render pass needs (each step recomputes the settled boxes from the start, so not frame by frame:
+# 28 ms for 3000 frames); before, exactly as far as the boxes need, so that the first frames (and a
+# stream's first piece) wait for no more detection than that.
 RENDER_AHEAD = 64
-START_STEP, START_FRAMES = 16, 128
+START_FRAMES = 128
 # Options that change which pixels the detector sees, hence its answers (the detection cache's key).
 DETECTION_SETTINGS = ("detection", "detect_every", "detect_size", "resize_factor", "rotate", "crop")
 # The face box drawn on a preview frame: pure green (BGR), which skin and hair hardly ever are.
@@ -210,7 +210,7 @@ def check_same_length(voice_seconds: float, audio_seconds: float, fps: float) ->
 class FaceBoxes:
     """The face box of every input frame the output shows, final up to ``settled``.
 
-    Detection runs as far ahead of the render pass as the boxes need (``faces.lookahead``), so the
+    Detection runs as far ahead of the render pass as the boxes need (``faces.prefix_boxes``), so the
     first frames are written while the rest of the video is still being detected; a fixed box, or
     detections from the cache, settle everything at once. ``boxes`` (n, 4) int x1 y1 x2 y2 and
     ``found`` (n,) bool are filled up to ``settled``.
@@ -234,13 +234,17 @@ class FaceBoxes:
         n = min(n, self.n_frames)
         if n <= self.settled or self._detection is None:
             return
-        step = START_STEP if n < START_FRAMES else RENDER_AHEAD
-        target = -(-(n + faces.lookahead(self.options)) // step) * step  # whole steps ahead
+        reach = n + faces.lookahead(self.options)  # enough unless a gap without a face is still open
         with self.watch("detect"):
-            self._detection.advance(min(self.n_frames, target))
-            detected = self._detection.settled
-        self._update(self._detection.dets, detected)
-        if detected >= self.n_frames and self._on_detected is not None:
+            while self.settled < n:
+                step = 1 if reach < START_FRAMES else RENDER_AHEAD
+                self._detection.advance(min(self.n_frames, -(-reach // step) * step))  # whole steps ahead
+                detected = self._detection.settled
+                self._update(self._detection.dets, detected)
+                if detected >= self.n_frames:
+                    break
+                reach = detected + 1
+        if self.settled >= self.n_frames and self._on_detected is not None:
             self._on_detected(self._detection.dets)
             self._on_detected = None
 
@@ -251,10 +255,8 @@ class FaceBoxes:
         return bool(self.found[:self.settled].any())
 
     def _update(self, dets: detect.Detections, detected: int) -> None:
-        final = faces.settled_boxes(detected, self.n_frames, self.options)
+        boxes, found, final = faces.prefix_boxes(dets, detected, self.n_frames, self.options, self.frame_hw)
         if final > self.settled:
-            part = {i: d for i, d in dets.items() if i < detected}
-            boxes, found = faces.boxes_from_detections(part, detected, self.options, self.frame_hw)
             self.boxes[self.settled:final] = boxes[self.settled:final]
             self.found[self.settled:final] = found[self.settled:final]
             self.settled = final

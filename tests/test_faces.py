@@ -120,8 +120,8 @@ def test_lip_sync_detector_uses_direct_convolutions(weights_dir):
 
 
 @pytest.mark.parametrize("detection", ["fast", "original"])
-@pytest.mark.parametrize("seed", range(6))
-def test_boxes_of_a_prefix_are_final_after_the_lookahead(detection, seed):
+@pytest.mark.parametrize("seed", range(20))
+def test_boxes_of_a_prefix_are_final(detection, seed):
     """The render pass uses boxes while detection is still going: those it gets must never change."""
     rng = np.random.default_rng(seed)
     options = LipSyncOptions(detection=detection, max_gap=int(rng.integers(0, 12)),
@@ -142,10 +142,28 @@ def test_boxes_of_a_prefix_are_final_after_the_lookahead(detection, seed):
         else:
             dets[i] = det(face, [200, 10, 230, 40, 0.8]) if i % 7 == 0 else det(face)
     full, full_found = faces.boxes_from_detections(dets, n, options, (240, 320))
+    finals = []
     for k in [key + 1 for key in seen]:
-        final = faces.settled_boxes(k, n, options)
-        part = {i: d for i, d in dets.items() if i < k}
-        boxes, found = faces.boxes_from_detections(part, k, options, (240, 320))
+        boxes, found, final = faces.prefix_boxes(dets, k, n, options, (240, 320))
         np.testing.assert_array_equal(boxes[:final], full[:final])
         np.testing.assert_array_equal(found[:final], full_found[:final])
-    assert faces.settled_boxes(n, n, options) == n
+        finals.append(final)
+    assert finals[-1] == n
+    assert finals == sorted(finals)
+    # while every frame so far has a face, only the smoothing window holds boxes back
+    for k, final in zip([key + 1 for key in seen], finals, strict=True):
+        if k < n and present[:k].all():
+            assert final == max(0, k - faces.smooth_window(options) + 1)
+
+
+@pytest.mark.parametrize("gap, decided", [(3, False), (8, False), (9, True)])
+def test_a_gap_at_the_end_of_the_detected_frames_holds_back_until_it_is_decided(gap, decided):
+    """A run without a face that may still be bridged keeps the boxes before it open; one longer than
+    max_gap (never bridged) does not."""
+    options = LipSyncOptions(detection="original", max_gap=8)
+    k = 40
+    dets = {i: det([10.0 + i, 10, 70.0 + i, 80, 0.9]) if i < k - gap else det() for i in range(k)}
+    boxes, found, final = faces.prefix_boxes(dets, k, 100, options, (240, 320))
+    window = faces.smooth_window(options)
+    assert final == (k if decided else k - gap) - window + 1
+    assert found[:k - gap].all() and not found[k - gap:].any()
