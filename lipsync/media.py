@@ -20,13 +20,13 @@ import av
 import av.sidedata.sidedata
 import cv2
 import numpy as np
-from av.audio.frame import AudioFrame
 from av.container import InputContainer
 from av.video.frame import VideoFrame
 from av.video.stream import VideoStream
 
+from lipsync import codecs
 from lipsync.errors import InputError
-from lipsync.segments import Segments, aac_rate
+from lipsync.segments import Segments
 
 log = logging.getLogger(__name__)
 
@@ -47,13 +47,6 @@ _RATE_SNAP_TOLERANCE = 1e-6
 # A display matrix holds 16.16 fixed-point numbers (and 2.30 in its last column).
 _DISPLAY_MATRIX_ONE = 1 << 16
 
-# x264 at CRF 18 is visually lossless for talking heads. On a 1280x720 clip "veryfast" took
-# 23 ms of CPU a frame against 57 for "medium" (PSNR 38.4 vs 39.1 dB on a noisy source, and a
-# 40% smaller file); "ultrafast"/"superfast" were quicker but made files 4-7 times larger.
-X264_CRF = 18
-X264_PRESET = "veryfast"
-AAC_BIT_RATE_PER_CHANNEL = 96_000  # 96 kb/s mono, 192 kb/s stereo: transparent AAC-LC for speech
-
 # Output containers by extension: (FFmpeg muxer, video codec, pixel format, audio codec).
 _OUTPUT_FORMATS = {
     ".mp4": ("mp4", "libx264", "yuv420p", "aac"),
@@ -70,8 +63,6 @@ _FAST_START = {"movflags": "+faststart"}  # index first, so browsers play while 
 # tools), although it runs about 1 level dark on colours; the accurate path costs 8 times more.
 _ACCURATE_RGB_TO_YUV = "ACCURATE_RND"
 
-# Audio is fed to the encoder in pieces of at most this many samples when closing.
-_AUDIO_CHUNK = 1 << 16
 
 
 @dataclass(frozen=True)
@@ -669,39 +660,29 @@ class VideoWriter:
             segments.start(self._video, self.fps, self._audio, self._audio_rate)
 
     def _add_video(self, codec: str, pix_fmt: str) -> VideoStream:
-        stream = self._container.add_stream(codec, rate=self.fps)
-        stream.width = self.width + self._pad[1]
-        stream.height = self.height + self._pad[0]
-        stream.pix_fmt = pix_fmt
-        stream.time_base = 1 / self.fps
+        width, height = self.width + self._pad[1], self.height + self._pad[0]
         if self._h264:
-            # forced-idr: a frame marked I (where a streamed piece starts) is an IDR frame, which
-            # nothing before it is needed to decode
-            stream.codec_context.options = {"crf": str(X264_CRF), "preset": X264_PRESET, "forced-idr": "1"}
-            # BT.709 (AVCOL_*_BT709 = 1), limited range (AVCOL_RANGE_MPEG = 1): what players assume.
-            stream.codec_context.colorspace = 1
-            stream.codec_context.color_primaries = 1
-            stream.codec_context.color_trc = 1
-            stream.codec_context.color_range = 1
-        else:
-            # FFV1 version 3 codes slices in parallel; CRCs let a decoder spot damage.
-            stream.codec_context.options = {"level": "3", "slicecrc": "1"}
+            return codecs.add_h264(self._container, self.fps, width, height)
+        stream = self._container.add_stream(codec, rate=self.fps)
+        stream.width, stream.height, stream.pix_fmt = width, height, pix_fmt
+        stream.time_base = 1 / self.fps
+        # FFV1 version 3 codes slices in parallel; CRCs let a decoder spot damage.
+        stream.codec_context.options = {"level": "3", "slicecrc": "1"}
         stream.thread_type = "AUTO"
         return stream
 
     def _add_audio(self, codec: str):
         assert self._audio is not None
-        channels = self._audio.shape[0]
-        rate = self._audio_rate
-        stream = self._container.add_stream(codec, rate=aac_rate(rate) if codec == "aac" else rate)
-        if stream.rate != rate:
-            log.warning("audio resampled from %d Hz to %d Hz for AAC", rate, stream.rate)
-        stream.layout = _LAYOUTS[channels]
+        channels, rate = self._audio.shape[0], self._audio_rate
         if codec == "aac":
-            stream.bit_rate = AAC_BIT_RATE_PER_CHANNEL * channels
-        else:
-            stream.format = "s16"  # exact for audio that came from 16-bit files
-        stream.time_base = Fraction(1, stream.rate)
+            stream = codecs.add_aac(self._container, rate, channels)
+            if stream.rate != rate:
+                log.warning("audio resampled from %d Hz to %d Hz for AAC", rate, stream.rate)
+            return stream
+        stream = self._container.add_stream(codec, rate=rate)
+        stream.layout = codecs.LAYOUTS[channels]
+        stream.format = "s16"  # exact for audio that came from 16-bit files
+        stream.time_base = Fraction(1, rate)
         return stream
 
     def __enter__(self) -> VideoWriter:
@@ -733,6 +714,8 @@ class VideoWriter:
         if self._segments is not None and self._segments.is_boundary(self.frames_written):
             frame.pict_type = av.video.frame.PictureType.I  # an IDR frame (forced-idr): a piece starts
         self._mux_video(self._video.encode(frame))
+        if self._segments is not None:
+            self._segments.frame(self.frames_written, frame)
         self.frames_written += 1
         self._send_audio(self.frames_written / self.fps)
 
@@ -751,16 +734,11 @@ class VideoWriter:
             return
         total = self._audio.shape[1]
         stop = total if until is None else min(total, math.ceil(until * self._audio_rate))
-        layout = _LAYOUTS[self._audio.shape[0]]
-        while self._audio_done < stop:
-            end = min(stop, self._audio_done + _AUDIO_CHUNK)
-            frame = AudioFrame.from_ndarray(np.ascontiguousarray(self._audio[:, self._audio_done:end]),
-                                            format="fltp", layout=layout)
-            frame.sample_rate = self._audio_rate
-            frame.pts = self._audio_done
-            frame.time_base = Fraction(1, self._audio_rate)
-            self._container.mux(self._audio_stream.encode(frame))
-            self._audio_done = end
+        if stop > self._audio_done:
+            for frame in codecs.audio_frames(self._audio[:, self._audio_done:stop], self._audio_rate,
+                                             first_pts=self._audio_done):
+                self._container.mux(self._audio_stream.encode(frame))
+            self._audio_done = stop
 
     def close(self) -> None:
         """Flush the encoders and finish the file (removed again if that fails)."""
@@ -791,7 +769,6 @@ class VideoWriter:
         self.path.unlink(missing_ok=True)
 
 
-_LAYOUTS = {1: "mono", 2: "stereo"}
 _MAX_CHANNELS = 8  # 7.1; a larger first axis is an (n, channels) array the wrong way round
 
 
@@ -802,7 +779,7 @@ def _as_planar(audio: np.ndarray) -> np.ndarray:
         audio = audio[None]
     if audio.ndim != 2 or not 1 <= audio.shape[0] <= _MAX_CHANNELS:
         raise ValueError(f"audio must be (channels, n) or (n,), got shape {audio.shape}")
-    if audio.shape[0] > len(_LAYOUTS):
+    if audio.shape[0] > len(codecs.LAYOUTS):
         log.warning("%d audio channels mixed down to mono", audio.shape[0])
         audio = audio.mean(axis=0, keepdims=True)
     return np.clip(audio, -1.0, 1.0)

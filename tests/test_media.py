@@ -568,15 +568,26 @@ def test_segments_play_on_their_own_and_add_up_to_the_output(tmp_path):
     with VideoWriter(out, 64, 48, fps, audio=audio, audio_rate=16000, segments=segments) as writer:
         for i in range(n):
             writer.write(pattern(48, 64, i))
-            if i == 40:  # a piece is handed over as soon as it is complete, while writing goes on
+            if i == 24:  # the first piece has its own encoder: out as soon as its last frame is written
+                assert [p.name for p in done] == ["segment_0000.mp4"]
+            if i == 40:  # later pieces are handed over once the encoder has emitted them
                 assert [p.name for p in done] == ["segment_0000.mp4"]
     assert [p.name for p in done] == ["segment_0000.mp4", "segment_0001.mp4", "segment_0002.mp4"]
     whole = list(iter_frames(out))
     pieces = [list(iter_frames(p)) for p in done]
     assert [len(p) for p in pieces] == [25, 25, 20]
-    # the same encoded packets: decoded alone, each piece gives exactly the output's frames
-    for got, want in zip([f for p in pieces for f in p], whole, strict=True):
+    # the later pieces hold the output's encoded packets: decoded alone, exactly the output's frames
+    for got, want in zip([f for p in pieces[1:] for f in p], whole[25:], strict=True):
         np.testing.assert_array_equal(got, want)
+    # the first was encoded again with the same settings: the same picture within the codec's error
+    diff = np.abs(np.stack(pieces[0]).astype(int) - np.stack(whole[:25]))
+    assert diff.mean() < 1.0 and np.percentile(diff, 99) <= 8, (diff.mean(), np.percentile(diff, 99))
+    # and the same parameter sets (SPS/PPS), so that the pieces play on as one stream
+    extradata = []
+    for piece in done:
+        with av.open(str(piece)) as container:
+            extradata.append(container.streams.video[0].codec_context.extradata)
+    assert extradata[0] and extradata[0] == extradata[1] == extradata[2]
     seconds = []
     for piece in done:
         with av.open(str(piece)) as container:
@@ -601,6 +612,21 @@ def test_a_short_first_segment(tmp_path):
     with av.open(str(done[0])) as container:
         sound = container.streams.audio[0]
         assert float(sound.duration * sound.time_base) == pytest.approx(0.4, abs=0.07)
+
+
+def test_a_video_shorter_than_the_first_segment_is_one_piece_with_all_its_sound(tmp_path):
+    from lipsync.segments import Segments
+
+    done: list[Path] = []
+    with VideoWriter(tmp_path / "out.mp4", 64, 48, 25, audio=tone(16000, 0.6), audio_rate=16000,
+                     segments=Segments(tmp_path, 1.0, done.append, first_seconds=0.8)) as writer:
+        for i in range(12):
+            writer.write(pattern(48, 64, i))
+        assert done == []  # the piece is not complete before the output is
+    assert [sum(1 for _ in iter_frames(p)) for p in done] == [12]
+    with av.open(str(done[0])) as container:
+        sound = container.streams.audio[0]
+        assert float(sound.duration * sound.time_base) == pytest.approx(0.6, abs=0.07)
 
 
 def test_segments_need_h264(tmp_path):

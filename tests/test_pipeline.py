@@ -204,11 +204,15 @@ def test_segments_are_handed_over_while_the_run_goes_on(engine, face_clip, speec
     segments = Segments(folder, 1.0, lambda path: pieces.append((path, written[0])))
     result = engine.run(face_clip, speech_wav, tmp_path / "out.mp4", LipSyncOptions(box=CLIP_BOX), segments=segments)
     assert len(pieces) == -(-result.n_frames // 25)
-    assert pieces[0][1] < result.n_frames  # the first piece came before the last frame was written
+    assert pieces[0][1] == 24  # the first piece went out while its last frame was being written
+    assert pieces[1][1] < result.n_frames  # and the next before the last frame was written
     frames = [f for path, _ in pieces for f in iter_frames(path)]
     assert len(frames) == result.n_frames
-    for got, want in zip(frames, iter_frames(tmp_path / "out.mp4"), strict=True):
+    whole = list(iter_frames(tmp_path / "out.mp4"))
+    for got, want in zip(frames[25:], whole[25:], strict=True):  # the output's packets
         np.testing.assert_array_equal(got, want)
+    # the first piece was encoded on its own with the same settings
+    assert np.abs(np.stack(frames[:25]).astype(int) - np.stack(whole[:25])).mean() < 1.0
 
 
 def test_decoding_ahead_and_encoding_behind_give_the_same_output(engine, face_clip, speech_wav, tmp_path,
