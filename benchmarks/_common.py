@@ -10,6 +10,12 @@ the frames the pipeline hands it (so its cost is measured), then answers with th
 ``make_clip`` put the face. It knows which frame it was handed by reading a small binary code that
 ``make_clip`` draws into the bottom-left corner of every frame; that works whatever order, batch or
 scale the pipeline detects in (key frames, refinement, 0.25 scale, JPEG round trip).
+
+With random weights the networks' face scores also pass the 0.05 candidate threshold at nearly every
+anchor (all 77,107 of a 720p frame's), so the post-processing would handle far more candidates than
+real weights ever give it on a talking head. By default the networks' scores are therefore made to say
+"background" everywhere (``say_background``) before any post-processing reads them, ours and the
+originals' alike (``--random-scores`` keeps them as they are).
 """
 
 from __future__ import annotations
@@ -76,15 +82,44 @@ def planted_row(frame: np.ndarray, boxes: np.ndarray) -> np.ndarray | None:
     return np.array([*box, PLANTED_SCORE], dtype=np.float32)
 
 
+# Face-score margin that makes a softmax over (background, face) give the face 2e-9: far under the
+# detectors' 0.05 candidate threshold, as real weights give on a frame's background
+BACKGROUND_MARGIN = 20.0
+
+
+def say_background(module, inputs, outputs):
+    """Forward hook for an S3FD network, ours or an original's: its face scores say "background" everywhere.
+
+    Takes the raw heads ``[conf1, loc1, conf2, loc2, ...]`` ((background, face) logit maps, as our
+    ``S3FD`` and Wav2Lip's ``s3fd`` give them), a softmax's (..., 2) probabilities (syncnet_python's
+    ``S3FDNet.softmax``), or our ``SFDOutput``.
+    """
+    if isinstance(outputs, (list, tuple)) and hasattr(outputs, "_replace"):  # SFDOutput
+        return outputs._replace(conf=say_background(module, inputs, outputs.conf))
+    if isinstance(outputs, (list, tuple)):
+        out = list(outputs)
+        for k in range(0, len(out), 2):
+            scores = out[k].clone()
+            scores[:, 1] = scores[:, 0] - BACKGROUND_MARGIN
+            out[k] = scores
+        return out
+    probs = outputs.new_zeros(outputs.shape)
+    probs[..., 0] = 1.0
+    return probs
+
+
 class PlantedDetector:
     """Wraps a real ``FaceDetector``: runs its network (timed), answers with the ground-truth boxes.
 
     ``boxes`` is ``(n_frames, 4)`` x1 y1 x2 y2 in full-size clip pixels; answers are scaled to the
-    size of the frames handed in, as the real ``detect`` answers in those frames' pixels.
+    size of the frames handed in, as the real ``detect`` answers in those frames' pixels. Unless
+    ``random_scores``, the network's face scores say background (``say_background``).
     """
 
-    def __init__(self, real, boxes: np.ndarray) -> None:
+    def __init__(self, real, boxes: np.ndarray, *, random_scores: bool = False) -> None:
         self.real = real
+        if not random_scores:
+            real.net.register_forward_hook(say_background)
         self.boxes = np.asarray(boxes, dtype=np.float32)
         self.calls = 0
         self.frames = 0
@@ -308,6 +343,9 @@ def add_common_arguments(parser: argparse.ArgumentParser, what: str, seconds: Se
                         help=f"clip lengths (default {' '.join(map(str, seconds))})")
     parser.add_argument("--no-plant", action="store_true",
                         help="do not plant face boxes: with random weights no face is found")
+    parser.add_argument("--random-scores", action="store_true",
+                        help="leave the detectors' face scores as the random weights give them (post-processing "
+                             "then handles tens of thousands of candidates per frame)")
     parser.add_argument("--weights", type=Path, help="folder of generated checkpoints (made if missing)")
     parser.add_argument("--clips", type=Path, default=DEFAULT_CACHE / "clips", help="where clips are kept")
     parser.add_argument("--json", type=Path, help="also write every run's figures here")
@@ -325,7 +363,8 @@ def add_common_arguments(parser: argparse.ArgumentParser, what: str, seconds: Se
 def child_spec(args: argparse.Namespace, seconds: int, clip: Path, boxes: Path, weights: Path, mode: str) -> dict:
     """What a benchmark's child process is told about one run (the keys every benchmark's child reads)."""
     return {"seconds": seconds, "clip": str(clip), "boxes": str(boxes), "weights": str(weights), "mode": mode,
-            "plant": not args.no_plant, "progress": args.progress, "precision": args.precision}
+            "plant": not args.no_plant, "random_scores": args.random_scores, "progress": args.progress,
+            "precision": args.precision}
 
 
 def run_labelled(label: str, module: str, spec: dict, args: argparse.Namespace) -> ChildRun:

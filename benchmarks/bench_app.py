@@ -49,7 +49,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _plant(boxes: np.ndarray) -> dict:
+def _plant(boxes: np.ndarray, random_scores: bool) -> dict:
     """Load the shared models now, with the planted detector in both; returns the planted detectors."""
     import app
     from lipsync import precision
@@ -60,7 +60,7 @@ def _plant(boxes: np.ndarray) -> dict:
     engine = models.engine()
     dtype = engine.dtype(LipSyncOptions())
     engine.generator(LipSyncOptions().checkpoint, dtype)
-    planted = {"lipsync": PlantedDetector(engine.detector(dtype), boxes)}
+    planted = {"lipsync": PlantedDetector(engine.detector(dtype), boxes, random_scores=random_scores)}
     engine.detector = lambda *_: planted["lipsync"]  # the instance attribute shadows the method
 
     scoring_dtype = precision.resolve(app.LIPSYNC_SCORING["precision"], engine.device)
@@ -71,7 +71,8 @@ def _plant(boxes: np.ndarray) -> dict:
 
     evaluator = Evaluator(weights_dir=models.weights_dir, device=models.device)
     evaluator.syncnet_for(scoring_dtype)
-    planted["scoring"] = PlantedDetector(SyncNetEvaluator.detector_for(evaluator, scoring_dtype), boxes)
+    planted["scoring"] = PlantedDetector(SyncNetEvaluator.detector_for(evaluator, scoring_dtype), boxes,
+                                         random_scores=random_scores)
     models._evaluator = evaluator
     return planted
 
@@ -86,7 +87,7 @@ def child(spec: dict, result_path: str) -> None:
 
     clip = Path(spec["clip"])
     start = time.perf_counter()
-    planted = _plant(np.load(spec["boxes"])) if spec["plant"] else {}
+    planted = _plant(np.load(spec["boxes"]), spec["random_scores"]) if spec["plant"] else {}
     load_s = time.perf_counter() - start
     settings = app.Settings.from_env()
     demo = app.build_demo(settings)

@@ -69,7 +69,7 @@ def child(spec: dict, result_path: str) -> None:
     evaluator.syncnet_for(dtype)  # load now, outside the timed run
     real = evaluator.detector_for(dtype)
     if spec["plant"]:
-        planted = PlantedDetector(real, np.load(spec["boxes"]))
+        planted = PlantedDetector(real, np.load(spec["boxes"]), random_scores=spec["random_scores"])
     load_s = time.perf_counter() - start
     rss_loaded = peak_rss_mb()
 

@@ -68,7 +68,7 @@ def child(spec: dict, result_path: str) -> None:
     if spec["mode"] != "box":
         real = engine.detector(dtype)
         if spec["plant"]:
-            planted = PlantedDetector(real, boxes)
+            planted = PlantedDetector(real, boxes, random_scores=spec["random_scores"])
             engine.detector = lambda *_: planted  # the instance attribute shadows the method
     load_s = time.perf_counter() - start
     rss_loaded = peak_rss_mb()

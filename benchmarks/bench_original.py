@@ -108,7 +108,7 @@ def plan(args: argparse.Namespace, compare: list[str], weights: Path, work: Path
                     jobs.append(Job(name, seconds, module, spec))
                 for step in ORIGINAL_STEPS[comparison]:
                     spec = {**child_spec(args, seconds, clip, boxes, weights, step), "checkout": str(checkout),
-                            "random_scores": args.random_scores, "work": str(folder / comparison),
+                            "work": str(folder / comparison),
                             "log": None if args.progress else str(args.logs / _file_name(f"{seconds}s-{k}-{step}"))}
                     jobs.append(Job(step, seconds, "benchmarks.bench_original", spec))
     return jobs
@@ -248,9 +248,6 @@ def build_parser() -> argparse.ArgumentParser:
                         choices=["reference", "fast", "fast-direct"],
                         help="our evaluator presets beside run_pipeline + run_syncnet (default reference fast)")
     parser.add_argument("--fast-every", type=int, default=5, help="detect_every of our fast scoring (default 5)")
-    parser.add_argument("--random-scores", action="store_true",
-                        help="leave the originals' S3FD face scores as the random weights give them (their "
-                             "post-processing then loops over tens of thousands of candidates per frame)")
     parser.add_argument("--logs", type=Path, default=DEFAULT_CACHE / "original-logs",
                         help="where the originals' output goes, one file per run (not with --progress)")
     add_common_arguments(parser, "code", seconds=(10,))

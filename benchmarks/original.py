@@ -28,8 +28,8 @@ given in the pixels of the frame handed in. With random weights the networks' fa
 the originals' per-candidate Python loops then cost more than the network (Wav2Lip's ``batch_detect`` on
 one 720p frame: 41 s of network and 49 s of candidate loop before its NMS, one thread on a busy machine),
 which real weights on a talking head never do; so by default the networks' scores are made to say
-"background" everywhere before the originals' own post-processing reads them (``random_scores`` keeps them
-as they are).
+"background" everywhere before the originals' own post-processing reads them, as ours are
+(``_common.say_background``; ``random_scores`` keeps them as they are).
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks._common import peak_rss_mb, planted_row
+from benchmarks._common import peak_rss_mb, planted_row, say_background
 
 # Where each original expects its checkpoints (relative to its checkout) -> our generated file
 WAV2LIP_CHECKPOINTS = {"face_detection/detection/sfd/s3fd.pth": "s3fd.pth"}
@@ -53,11 +53,6 @@ SYNCNET_CHECKPOINTS = {"data/syncnet_v2.model": "syncnet_v2.model",
                        "detectors/s3fd/weights/sfd_face.pth": "sfd_face.pth"}  # run_pipeline's PATH_WEIGHT
 WAV2LIP_GENERATOR = "wav2lip_gan.pth"  # given to inference.py as --checkpoint_path
 SYNCNET_REFERENCE = "clip"  # run_pipeline / run_syncnet --reference: the name of the run's sub-folders
-# Face-score margin that makes a softmax over (background, face) give the face 2e-9: far under the
-# originals' 0.05 candidate threshold, as real weights give on a frame's background
-BACKGROUND_MARGIN = 20.0
-
-
 class OriginalError(Exception):
     """The original could not be run as asked (a wrong path, a missing package): the message says what to do."""
 
@@ -132,23 +127,6 @@ class DetectorCalls:
     def stats(self) -> dict:
         return {"detector_calls": self.calls, "detector_frames": self.frames,
                 "detector_net_s": round(self.seconds, 3), "unreadable_codes": self.unreadable}
-
-
-def _background_pairs(module, inputs, outputs: list) -> list:
-    """Forward hook for Wav2Lip's s3fd: its (background, face) logit maps say background everywhere."""
-    out = list(outputs)
-    for k in range(0, len(out), 2):  # [cls1, reg1, cls2, reg2, ...]
-        scores = out[k].clone()
-        scores[:, 1] = scores[:, 0] - BACKGROUND_MARGIN
-        out[k] = scores
-    return out
-
-
-def _background_probs(module, inputs, probs):
-    """Forward hook for syncnet_python's S3FDNet softmax: (background, face) probabilities (1, 0) everywhere."""
-    out = probs.new_zeros(probs.shape)
-    out[..., 0] = 1.0
-    return out
 
 
 def _quiet_stdin() -> None:
@@ -250,7 +228,7 @@ def run_wav2lip(checkout: Path, weights: Path, clip: Path, boxes: np.ndarray, wo
     def init(self, *args, **kwargs):
         real_init(self, *args, **kwargs)
         if plant and not random_scores:
-            self.face_detector.register_forward_hook(_background_pairs)
+            self.face_detector.register_forward_hook(say_background)
 
     SFDDetector.detect_from_batch, SFDDetector.__init__ = detect_from_batch, init
 
@@ -329,7 +307,7 @@ def run_pipeline(checkout: Path, weights: Path, clip: Path, boxes: np.ndarray, d
     def init(self, device="cuda"):
         real_init(self, device="cpu")
         if plant and not random_scores:
-            self.net.softmax.register_forward_hook(_background_probs)
+            self.net.softmax.register_forward_hook(say_background)
 
     S3FD.detect_faces, S3FD.__init__ = detect_faces, init
     clock.wrap(S3FD, "__init__")
