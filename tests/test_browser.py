@@ -57,6 +57,12 @@ def test_lip_sync_in_the_browser(page, monkeypatch):
     assert page.locator("#output-video video").count() == 0  # the whole file is not there yet
     page.locator("#stream-video").screenshot(path=str(ARTIFACTS / "browser_stream.png"))
     gate.seen()
+    # and plays on into the second piece (the first has an encoder of its own: the pieces must join)
+    page.wait_for_function(
+        "() => { const v = document.querySelector('#stream-video video');"
+        " return v && !v.error && v.currentTime >= 1.0; }",
+        timeout=TIMEOUT_MS,
+    )
     page.wait_for_function(
         "() => { const v = document.querySelector('#output-video video');"
         " return v && v.readyState >= 1 && v.duration > 0; }",
