@@ -153,6 +153,13 @@ class PlantedDetector:
         return getattr(self.real, name)
 
 
+def plant_evaluator(evaluator, dtype, boxes: np.ndarray, *, random_scores: bool = False) -> PlantedDetector:
+    """Put a planted detector in a ``SyncNetEvaluator``'s place for ``dtype`` (its real one loaded first)."""
+    planted = PlantedDetector(evaluator.detector_for(dtype), boxes, random_scores=random_scores)
+    evaluator.detectors[dtype] = planted
+    return planted
+
+
 def ensure_weights(folder: Path | None) -> Path:
     """A folder with all five generated full-size checkpoints (reuses /tmp/w or ``folder`` when complete)."""
     candidates = [Path(folder)] if folder else [SHARED_WEIGHTS, DEFAULT_CACHE / "weights"]

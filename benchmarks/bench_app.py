@@ -30,6 +30,7 @@ from benchmarks._common import (
     PlantedDetector,
     add_common_arguments,
     peak_rss_mb,
+    plant_evaluator,
     print_table,
     run_all,
     verdict,
@@ -65,14 +66,9 @@ def _plant(boxes: np.ndarray, random_scores: bool) -> dict:
 
     scoring_dtype = precision.resolve(app.LIPSYNC_SCORING["precision"], engine.device)
 
-    class Evaluator(SyncNetEvaluator):
-        def detector_for(self, dtype):
-            return planted["scoring"]
-
-    evaluator = Evaluator(weights_dir=models.weights_dir, device=models.device)
+    evaluator = SyncNetEvaluator(weights_dir=models.weights_dir, device=models.device)
     evaluator.syncnet_for(scoring_dtype)
-    planted["scoring"] = PlantedDetector(SyncNetEvaluator.detector_for(evaluator, scoring_dtype), boxes,
-                                         random_scores=random_scores)
+    planted["scoring"] = plant_evaluator(evaluator, scoring_dtype, boxes, random_scores=random_scores)
     models._evaluator = evaluator
     return planted
 

@@ -30,6 +30,7 @@ from benchmarks._common import (
     add_common_arguments,
     group_runs,
     peak_rss_mb,
+    plant_evaluator,
     print_table,
     run_all,
     verdict,
@@ -52,24 +53,17 @@ def child(spec: dict, result_path: str) -> None:
     from syncnet.evaluate import EvalOptions, SyncNetEvaluator
 
     planted: PlantedDetector | None = None
-
-    class Evaluator(SyncNetEvaluator):
-        """The evaluator, with the planted detector in place of the real one once it is set."""
-
-        def detector_for(self, dtype):
-            return planted if planted is not None else super().detector_for(dtype)
-
     chosen = {"precision": spec["precision"]} if spec.get("precision") else {}
     options = {"reference": EvalOptions(**chosen), "fast": EvalOptions(detect_every=spec["fast_every"], **chosen),
                "fast-direct": EvalOptions(detect_every=spec["fast_every"], jpeg_roundtrip=False, **chosen)
                }[spec["mode"]]
     start = time.perf_counter()
-    evaluator = Evaluator(weights_dir=spec["weights"], device="cpu")
+    evaluator = SyncNetEvaluator(weights_dir=spec["weights"], device="cpu")
     dtype = precision.resolve(options.precision, evaluator.device)
     evaluator.syncnet_for(dtype)  # load now, outside the timed run
-    real = evaluator.detector_for(dtype)
+    evaluator.detector_for(dtype)
     if spec["plant"]:
-        planted = PlantedDetector(real, np.load(spec["boxes"]), random_scores=spec["random_scores"])
+        planted = plant_evaluator(evaluator, dtype, np.load(spec["boxes"]), random_scores=spec["random_scores"])
     load_s = time.perf_counter() - start
     rss_loaded = peak_rss_mb()
 

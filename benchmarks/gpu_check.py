@@ -33,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks._common import DEFAULT_CACHE, PlantedDetector, ensure_clip, ensure_weights
+from benchmarks._common import DEFAULT_CACHE, PlantedDetector, ensure_clip, ensure_weights, plant_evaluator
 
 ROOT = Path(__file__).resolve().parents[1]
 GOLDEN = ROOT / "tests" / "data" / "golden"
@@ -218,8 +218,7 @@ def speed(device: str, weights: Path, clips: Path, seconds: list[int]) -> list[d
         short = {"min_track": 25} if length < 5 else {}  # the dry run's 2 s clip: shorter tracks than 4 s
         for scoring in (EvalOptions(**short), EvalOptions(precision="auto", **short)):
             sfd_dtype = evaluator_dtype(evaluator, scoring)
-            planted_sfd = PlantedDetector(evaluator.detector_for(sfd_dtype), np.load(boxes), random_scores=True)
-            evaluator.detectors[sfd_dtype] = planted_sfd
+            planted_sfd = plant_evaluator(evaluator, sfd_dtype, np.load(boxes), random_scores=True)
             evaluator.syncnet_for(sfd_dtype)
             if cuda:
                 torch.cuda.reset_peak_memory_stats()
