@@ -48,6 +48,7 @@ from lipsync import precision
 from lipsync.detect import load_detector
 from lipsync.errors import Cancelled, InputError
 from lipsync.media import MediaInfo, VideoSource, audio_duration, load_audio
+from lipsync.overlap import Prefetch
 from lipsync.progress import counted
 from syncnet import scenes
 from syncnet.constants import AUDIO_RATE, CROP_SIZE, SAMPLES_PER_FRAME, VIDEO_FPS, WINDOW_FRAMES
@@ -60,6 +61,10 @@ from syncnet.score import score_features, window_count
 from syncnet.tracks import check_detectable, detect_pass, select_tracks
 
 log = logging.getLogger(__name__)
+# Track mode decodes this many frames ahead in a thread (FFmpeg releases the GIL), beside the networks:
+# a 10 s 720p clip with detect_every 5 scored in 17.8 and 16.4 s against 19.0 and 19.6 s without
+# (alternated, fresh processes, 2 CPU cores), for about 45 MB of frames at 720p.
+PREFETCH_FRAMES = 16
 T = TypeVar("T")
 
 INT16_SCALE = 32768  # ffmpeg's float -> s16 conversion: round(x * 2**15), clipped
@@ -304,9 +309,12 @@ class _Scoring:
     def score_tracks(self, audio: np.ndarray) -> tuple[list[TrackResult], int]:
         check_detectable(self.name, self.info.width, self.info.height, self.options.facedet_scale)
         tic = time.perf_counter()
-        frames = self.stoppable(self.video.frames(fps=VIDEO_FPS))
-        dets, scene_scores = detect_pass(frames, self.evaluator.detector_for(self.dtype), self.options,
-                                         total=_expected_frames(self.info), progress=self.progress)
+        ahead = Prefetch(self.video.frames(fps=VIDEO_FPS), depth=PREFETCH_FRAMES)
+        try:
+            dets, scene_scores = detect_pass(self.stoppable(ahead), self.evaluator.detector_for(self.dtype),
+                                             self.options, total=_expected_frames(self.info), progress=self.progress)
+        finally:
+            ahead.close()
         n_frames = len(dets)
         _check_length(self.name, n_frames)
         self.timings["decode_detect"] = time.perf_counter() - tic
@@ -319,15 +327,17 @@ class _Scoring:
 
         tic = time.perf_counter()
         end = max(p.last for p in plans)
-        frames = self.video.frames(fps=VIDEO_FPS)
-        with tqdm(total=end + 1, desc="syncnet", unit="frame", disable=not self.progress) as bar:
-            for index, frame in enumerate(self.stoppable(frames)):
-                if index > end:
-                    break
-                for plan in plans:
-                    plan.push(index, frame, self.options.crop_scale)
-                bar.update()
-        frames.close()
+        ahead = Prefetch(self.video.frames(fps=VIDEO_FPS), depth=PREFETCH_FRAMES)
+        try:
+            with tqdm(total=end + 1, desc="syncnet", unit="frame", disable=not self.progress) as bar:
+                for index, frame in enumerate(self.stoppable(ahead)):
+                    if index > end:
+                        break
+                    for plan in plans:
+                        plan.push(index, frame, self.options.crop_scale)
+                    bar.update()
+        finally:
+            ahead.close()
         results = [self.score(p.lips.finish(), p.audio, p.first, p.last) for p in plans]
         self.timings["crop_embed_score"] = time.perf_counter() - tic
         return results, n_frames
