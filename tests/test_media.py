@@ -599,34 +599,36 @@ def test_segments_play_on_their_own_and_add_up_to_the_output(tmp_path):
     assert seconds[2] == pytest.approx(1.0, abs=0.07)  # 0.8 s of picture, the last 1.0 s of the audio
 
 
-def test_a_short_first_segment(tmp_path):
-    """first_seconds: the first piece is shorter (out sooner), the rest keep their length."""
+def _write_in_pieces(folder: Path, n_frames: int, audio_seconds: float, first_seconds: float) -> list[Path]:
+    """Pieces of 1 s after a first one of ``first_seconds``, of a 64x48 25 fps video with a tone."""
     from lipsync.segments import Segments
 
     done: list[Path] = []
-    with VideoWriter(tmp_path / "out.mp4", 64, 48, 25, audio=tone(16000, 2.8), audio_rate=16000,
-                     segments=Segments(tmp_path, 1.0, done.append, first_seconds=0.4)) as writer:
-        for i in range(70):
+    with VideoWriter(folder / "out.mp4", 64, 48, 25, audio=tone(16000, audio_seconds), audio_rate=16000,
+                     segments=Segments(folder, 1.0, done.append, first_seconds=first_seconds)) as writer:
+        for i in range(n_frames):
             writer.write(pattern(48, 64, i))
-    assert [sum(1 for _ in iter_frames(p)) for p in done] == [10, 25, 25, 10]
-    with av.open(str(done[0])) as container:
+            assert done == [] or i >= round(first_seconds * 25) - 1  # nothing before the first piece is made
+    return done
+
+
+def _sound_seconds(path: Path) -> float:
+    with av.open(str(path)) as container:
         sound = container.streams.audio[0]
-        assert float(sound.duration * sound.time_base) == pytest.approx(0.4, abs=0.07)
+        return float(sound.duration * sound.time_base)
+
+
+def test_a_short_first_segment(tmp_path):
+    """first_seconds: the first piece is shorter (out sooner), the rest keep their length."""
+    done = _write_in_pieces(tmp_path, 70, 2.8, first_seconds=0.4)
+    assert [sum(1 for _ in iter_frames(p)) for p in done] == [10, 25, 25, 10]
+    assert _sound_seconds(done[0]) == pytest.approx(0.4, abs=0.07)
 
 
 def test_a_video_shorter_than_the_first_segment_is_one_piece_with_all_its_sound(tmp_path):
-    from lipsync.segments import Segments
-
-    done: list[Path] = []
-    with VideoWriter(tmp_path / "out.mp4", 64, 48, 25, audio=tone(16000, 0.6), audio_rate=16000,
-                     segments=Segments(tmp_path, 1.0, done.append, first_seconds=0.8)) as writer:
-        for i in range(12):
-            writer.write(pattern(48, 64, i))
-        assert done == []  # the piece is not complete before the output is
+    done = _write_in_pieces(tmp_path, 12, 0.6, first_seconds=0.8)  # complete only when the output is
     assert [sum(1 for _ in iter_frames(p)) for p in done] == [12]
-    with av.open(str(done[0])) as container:
-        sound = container.streams.audio[0]
-        assert float(sound.duration * sound.time_base) == pytest.approx(0.6, abs=0.07)
+    assert _sound_seconds(done[0]) == pytest.approx(0.6, abs=0.07)
 
 
 def test_segments_need_h264(tmp_path):
