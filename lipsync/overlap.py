@@ -63,6 +63,12 @@ class Prefetch(Generic[T]):
         self._stop.set()
         self._thread.join(timeout=5)
 
+    def __enter__(self) -> Prefetch[T]:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
 
 class WriteBehind(Generic[T]):
     """Call ``write(item)`` for every ``put`` item in a thread, at most ``depth`` items behind."""

@@ -243,9 +243,7 @@ class FaceBoxes:
                 step = 1 if reach < START_FRAMES else RENDER_AHEAD
                 self._detection.advance(min(self.n_frames, -(-reach // step) * step))  # whole steps ahead
                 detected = self._detection.settled
-                self._update(self._detection.dets, detected)
-                if detected >= self.n_frames:
-                    break
+                self._update(self._detection.dets, detected)  # all of them once everything is detected
                 reach = detected + 1
         if self.settled >= self.n_frames and self._on_detected is not None:
             self._on_detected(self._detection.dets)

@@ -309,12 +309,9 @@ class _Scoring:
     def score_tracks(self, audio: np.ndarray) -> tuple[list[TrackResult], int]:
         check_detectable(self.name, self.info.width, self.info.height, self.options.facedet_scale)
         tic = time.perf_counter()
-        ahead = Prefetch(self.video.frames(fps=VIDEO_FPS), depth=PREFETCH_FRAMES)
-        try:
+        with Prefetch(self.video.frames(fps=VIDEO_FPS), depth=PREFETCH_FRAMES) as ahead:
             dets, scene_scores = detect_pass(self.stoppable(ahead), self.evaluator.detector_for(self.dtype),
                                              self.options, total=_expected_frames(self.info), progress=self.progress)
-        finally:
-            ahead.close()
         n_frames = len(dets)
         _check_length(self.name, n_frames)
         self.timings["decode_detect"] = time.perf_counter() - tic
@@ -327,17 +324,14 @@ class _Scoring:
 
         tic = time.perf_counter()
         end = max(p.last for p in plans)
-        ahead = Prefetch(self.video.frames(fps=VIDEO_FPS), depth=PREFETCH_FRAMES)
-        try:
-            with tqdm(total=end + 1, desc="syncnet", unit="frame", disable=not self.progress) as bar:
-                for index, frame in enumerate(self.stoppable(ahead)):
-                    if index > end:
-                        break
-                    for plan in plans:
-                        plan.push(index, frame, self.options.crop_scale)
-                    bar.update()
-        finally:
-            ahead.close()
+        with Prefetch(self.video.frames(fps=VIDEO_FPS), depth=PREFETCH_FRAMES) as ahead, \
+                tqdm(total=end + 1, desc="syncnet", unit="frame", disable=not self.progress) as bar:
+            for index, frame in enumerate(self.stoppable(ahead)):
+                if index > end:
+                    break
+                for plan in plans:
+                    plan.push(index, frame, self.options.crop_scale)
+                bar.update()
         results = [self.score(p.lips.finish(), p.audio, p.first, p.last) for p in plans]
         self.timings["crop_embed_score"] = time.perf_counter() - tic
         return results, n_frames

@@ -37,6 +37,12 @@ def test_prefetch_hands_over_a_failure_and_stops_on_early_exit():
     for _ in endless:
         break
     assert not endless._thread.is_alive()
+    # as a context manager it stops however the block is left, even while its iterator is still held
+    with pytest.raises(KeyError), Prefetch(iter(int, 1), depth=2) as held:
+        iterator = iter(held)
+        next(iterator)
+        raise KeyError("the consumer failed")
+    assert not held._thread.is_alive()
 
 
 def test_write_behind_writes_everything_in_order_in_another_thread():
