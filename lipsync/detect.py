@@ -61,9 +61,9 @@ def load_detector(name_or_path: str | os.PathLike, variant: Variant, *, device: 
                   dtype: torch.dtype = torch.float32) -> FaceDetector:
     """An S3FD detector from a registry name or file (``s3fd`` for lip sync, ``sfd_face`` for scoring).
 
-    ``winograd`` (see FaceDetector) is off by default: the lip-sync fast preset detects on one
-    frame in five, and on the 10 s 720p benchmark F(4x4, 3x3) saved 2 s of its 13 s of detection but
-    raised the peak RSS from 1330 to 1491 MB (the transformed kernels are 4x the weights).
+    ``winograd`` (see FaceDetector): the block size of the deep layers' Winograd convolutions on the
+    CPU in float32, or None for direct ones. The transformed kernels are 4x the weights (about 170 MB
+    more for S3FD).
     """
     path = weights.resolve(name_or_path, weights_dir=weights_dir)
     fix = weights.how_to_replace(name_or_path, path, weights_dir=weights_dir)

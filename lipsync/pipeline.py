@@ -29,6 +29,7 @@ import torch
 from tqdm.auto import tqdm
 
 from face_detection.detector import FaceDetector
+from face_detection.winograd import DEFAULT_BLOCK
 from lipsync import detcache, detect, faces, precision, vad, weights
 from lipsync.audio import SAMPLE_RATE, mel_chunks, melspectrogram
 from lipsync.compose import crossfade, paste
@@ -367,8 +368,11 @@ class LipSync:
     def detector(self, dtype: torch.dtype = torch.float32) -> FaceDetector:
         with self._lock:
             if dtype not in self._detectors:
+                # Winograd's deep layers (float32 on a CPU), measured on a 2-core AVX2 CPU against direct
+                # ones: the fast preset's 10 s 720p run detected in 7.4 s instead of 8.9 s (peak RSS 1314
+                # MB instead of 1121 MB); --detection original took 3.8 s a frame instead of 5.7 s
                 self._detectors[dtype] = detect.load_detector("s3fd", "s3fd", device=self.device, dtype=dtype,
-                                                              weights_dir=self.weights_dir)
+                                                              weights_dir=self.weights_dir, winograd=DEFAULT_BLOCK)
             return self._detectors[dtype]
 
     def run(self, face: str | os.PathLike, audio: str | os.PathLike, output: str | os.PathLike,
