@@ -620,9 +620,9 @@ INPUT_SCORING_PARAMS = optspec.parameters(InputScoring)
 PREVIEW_PARAMS = optspec.parameters(PreviewTime)
 # /lipsync's scoring options carry a score_ prefix (score_mode...); min_track was documented without it.
 # The Lip sync tab scores as a quick check, with faces detected on every 5th frame (about 3x faster:
-# a 10 s 720p clip scores in ~20 s instead of ~60 s on 2 CPU cores) in the hardware's fast precision;
-# the Evaluate tab's defaults are the reference's.
-LIPSYNC_SCORING = {"detect_every": 5, "precision": "auto"}
+# a 10 s 720p clip scores in ~20 s instead of ~60 s on 2 CPU cores), at the size the faces are, in the
+# hardware's fast precision; the Evaluate tab's defaults are the reference's.
+LIPSYNC_SCORING = {"detect_every": 5, "detect_at_face_size": True, "precision": "auto"}
 SCORE_PARAMS = optspec.parameters(EvalOptions, prefix="score_", unprefixed=("min_track",), presets=LIPSYNC_SCORING)
 EVALUATE_PARAMS = optspec.parameters(EvalOptions)
 

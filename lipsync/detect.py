@@ -173,6 +173,17 @@ MIN_SHORT_SIDE = 128
 SCALE_RULE = f"faces-{FACE_TARGET_PX}px-min{MIN_SHORT_SIDE}"  # for the detection cache's key
 
 
+def face_sized_reduction(found: np.ndarray, scale: float, small_hw: tuple[int, int]) -> float | None:
+    """How much further than ``scale`` frames can shrink for the faces ``found`` (boxes in full-frame
+    pixels) to keep FACE_TARGET_PX on their shorter side, the shrunk frame's shorter side kept at
+    MIN_SHORT_SIDE; ``small_hw`` is the frame's size at ``scale``. 1: no further; None: no faces to tell."""
+    if len(found) == 0:
+        return None
+    sides = np.minimum(found[:, 2] - found[:, 0], found[:, 3] - found[:, 1]) * scale
+    floor = min(1.0, MIN_SHORT_SIDE / min(small_hw))
+    return float(np.clip(FACE_TARGET_PX / max(float(sides.min()), 1.0), floor, 1.0))
+
+
 class KeyFrameDetection:
     """The fast preset over a stream of frames: key frames shrunk and detected in batches.
 
@@ -229,7 +240,7 @@ class KeyFrameDetection:
             self._detect(refine[start:start + self.batch_size])
         newest = self._queued[-1]
         if self._reduce is None:
-            self._reduce = self._reduction(self.dets[newest], self._small[newest].shape[:2])
+            self._reduce = face_sized_reduction(self.dets[newest], self._scale or 1.0, self._small[newest].shape[:2])
         self._small = {i: f for i, f in self._small.items() if i >= newest}
         self._queued = []
 
@@ -247,14 +258,6 @@ class KeyFrameDetection:
                 previous = key
             if recheck:
                 self._detect(recheck)
-
-    def _reduction(self, found: np.ndarray, small_hw: tuple[int, int]) -> float | None:
-        """The further shrink factor the faces of a key frame allow (1: none; None: no faces to tell)."""
-        if len(found) == 0:
-            return None
-        sides = np.minimum(found[:, 2] - found[:, 0], found[:, 3] - found[:, 1]) * self._scale
-        floor = min(1.0, MIN_SHORT_SIDE / min(small_hw))
-        return float(np.clip(FACE_TARGET_PX / max(float(sides.min()), 1.0), floor, 1.0))
 
     def _detect(self, indices: list[int], reduce: float = 1.0) -> None:
         """Detect on the shrunk frames (further by ``reduce``) and keep the boxes in full-frame pixels."""

@@ -43,6 +43,11 @@ class EvalOptions:
         1, "Detect faces on every k-th frame (and the last) and interpolate the boxes: about k times faster "
         "detection; the reference is 1.", "Detect faces every k frames", minimum=1, maximum=MAX_MISSED_FRAMES,
         group="main")
+    detect_at_face_size: bool = option(
+        False, "Once a key frame has faces, shrink later key frames to the size those faces allow (32 px on "
+        "their shorter side; a key frame that loses a face there is detected again at the detector scale): "
+        "faster detection, boxes within a pixel or two; the reference is off.", "Detect at the faces' size",
+        group="more", advanced=True)
     facedet_scale: float = option(FACEDET_SCALE, "Scale of the frames the face detector sees (the reference's "
                                   "0.25).", "Detector scale", minimum=0.01, maximum=1, group="more", advanced=True)
     jpeg_roundtrip: bool = option(

@@ -15,6 +15,7 @@ import numpy as np
 from face_detection.detector import MIN_SIDE, FaceDetector, scaled_size
 from face_detection.keyframes import mark_key_frames
 from face_detection.tracking import MAX_MISSED_FRAMES, Track, link_tracks
+from lipsync.detect import face_sized_reduction
 from lipsync.errors import NoFaceError
 from lipsync.progress import counted
 from syncnet import scenes
@@ -41,17 +42,38 @@ def check_detectable(name: str, width: int, height: int, scale: float) -> None:
 
 def detect_pass(frames: Iterable[np.ndarray], detector: FaceDetector, options: EvalOptions, *,
                 total: int | None = None, progress: bool = True) -> tuple[list[np.ndarray], list[float]]:
-    """Faces on every ``detect_every``-th frame (and the last) and the scene-change score of every frame."""
+    """Faces on every ``detect_every``-th frame (and the last) and the scene-change score of every frame.
+
+    With ``detect_at_face_size``, key frames after the first with faces are shrunk further, as far as
+    its faces allow (``lipsync.detect.face_sized_reduction``); one with no face, or fewer faces than the
+    key frame before it, is detected again at ``facedet_scale``.
+    """
     empty = np.zeros((0, 5), np.float32)
     dets: list[np.ndarray] = []
     scene_scores: list[float] = []
     pending: list[tuple[int, np.ndarray]] = []
     scorer: scenes.ContentScorer | None = None
+    # the key frames' further shrink: 1 without detect_at_face_size, None until a key frame has faces
+    reduce: float | None = None if options.detect_at_face_size else 1.0
+    before = 0  # faces on the key frame before the pending ones
 
     def flush() -> None:
-        found = detector.detect([f for _, f in pending], scale=options.facedet_scale)
+        nonlocal reduce, before
+        frames = [f for _, f in pending]
+        found = detector.detect(frames, scale=options.facedet_scale * (reduce or 1.0))
+        if reduce is not None and reduce < 1:
+            counts = [before] + [len(d) for d in found]
+            again = [k for k, d in enumerate(found) if len(d) == 0 or len(d) < counts[k]]
+            for k, d in zip(again, detector.detect([frames[k] for k in again], scale=options.facedet_scale),
+                            strict=True):
+                found[k] = d
         for (i, _), d in zip(pending, found, strict=True):
             dets[i] = d
+        if reduce is None:
+            height, width = frames[-1].shape[:2]
+            small_hw = scaled_size(width, height, options.facedet_scale)[::-1]
+            reduce = face_sized_reduction(found[-1], options.facedet_scale, small_hw)
+        before = len(found[-1])
         pending.clear()
 
     frames = counted(frames, total=total, desc="face detection", disable=not progress)
@@ -62,7 +84,8 @@ def detect_pass(frames: Iterable[np.ndarray], detector: FaceDetector, options: E
         dets.append(empty)
         if is_key:
             pending.append((index, frame))
-            if len(pending) >= options.detect_batch_size:
+            # one at a time until a key frame has faces: they set the size of the later ones
+            if len(pending) >= options.detect_batch_size or reduce is None:
                 flush()
     if pending:
         flush()
