@@ -351,7 +351,7 @@ class LipSync:
         # decode ahead and encode behind in threads (FFmpeg releases the GIL), beside the networks
         self.overlap = True
         self._generators: dict[tuple[str, torch.dtype], torch.nn.Module] = {}
-        self._detectors: dict[torch.dtype, FaceDetector] = {}
+        self._detectors: dict[tuple[torch.dtype, int | None], FaceDetector] = {}
         self._lock = threading.Lock()
 
     def dtype(self, options: LipSyncOptions) -> torch.dtype:
@@ -365,15 +365,20 @@ class LipSync:
                                                                    weights_dir=self.weights_dir)
             return self._generators[checkpoint, dtype]
 
-    def detector(self, dtype: torch.dtype = torch.float32) -> FaceDetector:
+    def detector(self, dtype: torch.dtype = torch.float32, detection: str = "fast") -> FaceDetector:
+        """The S3FD detector for ``dtype`` and a detection preset, loaded once.
+
+        ``--detection original`` gets Winograd F(4x4, 3x3) deep layers (float32 on a CPU): on full 720p
+        frames, in strips, S3FD took 3.8 s a frame instead of 5.7 s (2-core AVX2 CPU). The fast preset
+        keeps direct ones: on its shrunk key frames the app's 10 s 720p request showed no gain, and the
+        transformed kernels (4x the weights) raised its peak RSS by 200 MB.
+        """
+        winograd = DEFAULT_BLOCK if detection == "original" else None
         with self._lock:
-            if dtype not in self._detectors:
-                # Winograd's deep layers (float32 on a CPU), measured on a 2-core AVX2 CPU against direct
-                # ones: the fast preset's 10 s 720p run detected in 7.4 s instead of 8.9 s (peak RSS 1314
-                # MB instead of 1121 MB); --detection original took 3.8 s a frame instead of 5.7 s
-                self._detectors[dtype] = detect.load_detector("s3fd", "s3fd", device=self.device, dtype=dtype,
-                                                              weights_dir=self.weights_dir, winograd=DEFAULT_BLOCK)
-            return self._detectors[dtype]
+            if (dtype, winograd) not in self._detectors:
+                self._detectors[dtype, winograd] = detect.load_detector(
+                    "s3fd", "s3fd", device=self.device, dtype=dtype, weights_dir=self.weights_dir, winograd=winograd)
+            return self._detectors[dtype, winograd]
 
     def run(self, face: str | os.PathLike, audio: str | os.PathLike, output: str | os.PathLike,
             options: LipSyncOptions | None = None, *, voice: str | os.PathLike | None = None,
@@ -431,8 +436,8 @@ class LipSync:
         if dets is not None:
             log.info("face detections for %s taken from the cache", frames.name)
             return FaceBoxes(n_frames, options, frame_hw, watch, dets=dets)
-        detection = detect.DetectionPass(self.detector(self.dtype(options)), frames.frames(n_frames), n_frames,
-                                         options)
+        detector = self.detector(self.dtype(options), options.detection)
+        detection = detect.DetectionPass(detector, frames.frames(n_frames), n_frames, options)
         save = (lambda found: detcache.save(key, found)) if key else None
         return FaceBoxes(n_frames, options, frame_hw, watch, detection=detection, on_detected=save)
 
@@ -545,7 +550,7 @@ class LipSync:
         if options.box is not None:
             boxes, found = faces.fixed_boxes(options.box, frame_hw, 1), np.ones(1, bool)
         else:
-            dets = detect.detect_faces(self.detector(self.dtype(options)), [frame], 1, options)
+            dets = detect.detect_faces(self.detector(self.dtype(options), options.detection), [frame], 1, options)
             boxes, found = faces.boxes_from_detections(dets, 1, options, frame_hw)
         if not found[0]:
             raise NoFaceError(

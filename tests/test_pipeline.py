@@ -12,6 +12,7 @@ import av
 import numpy as np
 import pytest
 
+from face_detection.winograd import WinogradConv2d
 from lipsync.errors import InputError, NoFaceError
 from lipsync.media import iter_frames, load_audio, probe
 from lipsync.options import LipSyncOptions
@@ -572,3 +573,12 @@ def test_should_stop_ends_the_run_between_batches_and_leaves_nothing(engine, fac
     assert len(asked) == 3 and not out.exists() and leftovers() == []
     result = engine.run(face_clip, speech_wav, out, LipSyncOptions(box=CLIP_BOX), should_stop=lambda: False)
     assert result.n_frames > 0 and out.exists()
+
+
+def test_full_frame_detection_gets_winograd_layers_and_the_fast_preset_direct_ones(engine):
+    def winograd_layers(detector) -> int:
+        return sum(isinstance(m, WinogradConv2d) for m in detector.net.modules())
+
+    fast, original = engine.detector(detection="fast"), engine.detector(detection="original")
+    assert winograd_layers(fast) == 0 and winograd_layers(original) == 9
+    assert engine.detector(detection="original") is original and engine.detector() is fast
