@@ -10,7 +10,7 @@ the full frames' pixels for the frames the detector saw; :mod:`lipsync.faces` tu
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 import cv2
 import numpy as np
@@ -184,6 +184,13 @@ def face_sized_reduction(found: np.ndarray, scale: float, small_hw: tuple[int, i
     return float(np.clip(FACE_TARGET_PX / max(float(sides.min()), 1.0), floor, 1.0))
 
 
+def lost_faces(found: Sequence[np.ndarray], before: int) -> list[int]:
+    """Which of consecutive key frames, detected shrunk further, must be detected again at the preset's
+    size: those with no face, or fewer than the key frame before them (``before`` faces before the first)."""
+    counts = [before] + [len(d) for d in found]
+    return [k for k, d in enumerate(found) if len(d) == 0 or len(d) < counts[k]]
+
+
 class KeyFrameDetection:
     """The fast preset over a stream of frames: key frames shrunk and detected in batches.
 
@@ -249,13 +256,8 @@ class KeyFrameDetection:
         reduce = self._reduce or 1.0
         self._detect(keys, reduce)
         if reduce < 1:
-            previous = self._last_key
-            recheck = []
-            for key in keys:
-                before = len(self.dets[previous]) if previous is not None else 0
-                if len(self.dets[key]) == 0 or len(self.dets[key]) < before:
-                    recheck.append(key)
-                previous = key
+            before = len(self.dets[self._last_key]) if self._last_key is not None else 0
+            recheck = [keys[k] for k in lost_faces([self.dets[key] for key in keys], before)]
             if recheck:
                 self._detect(recheck)
 

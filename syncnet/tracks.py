@@ -15,7 +15,7 @@ import numpy as np
 from face_detection.detector import MIN_SIDE, FaceDetector, scaled_size
 from face_detection.keyframes import mark_key_frames
 from face_detection.tracking import MAX_MISSED_FRAMES, Track, link_tracks
-from lipsync.detect import face_sized_reduction
+from lipsync.detect import face_sized_reduction, lost_faces
 from lipsync.errors import NoFaceError
 from lipsync.progress import counted
 from syncnet import scenes
@@ -45,8 +45,8 @@ def detect_pass(frames: Iterable[np.ndarray], detector: FaceDetector, options: E
     """Faces on every ``detect_every``-th frame (and the last) and the scene-change score of every frame.
 
     With ``detect_at_face_size``, key frames after the first with faces are shrunk further, as far as
-    its faces allow (``lipsync.detect.face_sized_reduction``); one with no face, or fewer faces than the
-    key frame before it, is detected again at ``facedet_scale``.
+    its faces allow (``lipsync.detect.face_sized_reduction``); one that lost a face there
+    (``lipsync.detect.lost_faces``) is detected again at ``facedet_scale``.
     """
     empty = np.zeros((0, 5), np.float32)
     dets: list[np.ndarray] = []
@@ -59,18 +59,17 @@ def detect_pass(frames: Iterable[np.ndarray], detector: FaceDetector, options: E
 
     def flush() -> None:
         nonlocal reduce, before
-        frames = [f for _, f in pending]
-        found = detector.detect(frames, scale=options.facedet_scale * (reduce or 1.0))
+        images = [f for _, f in pending]
+        found = detector.detect(images, scale=options.facedet_scale * (reduce or 1.0))
         if reduce is not None and reduce < 1:
-            counts = [before] + [len(d) for d in found]
-            again = [k for k, d in enumerate(found) if len(d) == 0 or len(d) < counts[k]]
-            for k, d in zip(again, detector.detect([frames[k] for k in again], scale=options.facedet_scale),
+            again = lost_faces(found, before)
+            for k, d in zip(again, detector.detect([images[k] for k in again], scale=options.facedet_scale),
                             strict=True):
                 found[k] = d
         for (i, _), d in zip(pending, found, strict=True):
             dets[i] = d
         if reduce is None:
-            height, width = frames[-1].shape[:2]
+            height, width = images[-1].shape[:2]
             small_hw = scaled_size(width, height, options.facedet_scale)[::-1]
             reduce = face_sized_reduction(found[-1], options.facedet_scale, small_hw)
         before = len(found[-1])

@@ -90,3 +90,11 @@ def test_a_face_lost_at_the_small_size_is_looked_for_at_the_preset_size(face_ima
 
 def test_detection_cache_key_names_the_scale_rule():
     assert str(detect.FACE_TARGET_PX) in detect.SCALE_RULE and str(detect.MIN_SHORT_SIDE) in detect.SCALE_RULE
+
+
+def test_lost_faces_are_those_with_none_or_fewer_than_the_key_frame_before():
+    face = np.zeros((1, 5), np.float32)
+    two, none = np.zeros((2, 5), np.float32), np.zeros((0, 5), np.float32)
+    assert detect.lost_faces([face, two, face, none, face], before=2) == [0, 2, 3]
+    assert detect.lost_faces([face, face], before=0) == []
+    assert detect.lost_faces([], before=1) == []
