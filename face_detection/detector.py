@@ -64,6 +64,12 @@ MIN_SIDE: dict[str, int] = {
 }
 
 
+def runs_winograd(device: str | torch.device, dtype: torch.dtype) -> bool:
+    """Whether a detector asked for Winograd layers gets them: float32 on a CPU (elsewhere they would
+    cost 16-bit formats more rounding than they save, and cuDNN picks its own algorithms)."""
+    return torch.device(device).type == "cpu" and dtype == torch.float32
+
+
 def scaled_size(width: int, height: int, scale: float) -> tuple[int, int]:
     """The size ``cv2.resize(frame, (0, 0), fx=scale, fy=scale)`` gives (rounded to nearest, half to even)."""
     return (width, height) if scale == 1.0 else (round(width * scale), round(height * scale))
@@ -120,7 +126,7 @@ class FaceDetector:
             net = net.to(memory_format=torch.channels_last)
             if isinstance(net, S3FD):
                 net.strip_values = CPU_STRIP_VALUES
-            if winograd and dtype == torch.float32:
+            if winograd and runs_winograd(self.device, dtype):
                 use_winograd(net, block=winograd)
         self.net = net
         self.batch_size = batch_size

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from face_detection.detector import FaceDetector
+from face_detection.detector import FaceDetector, runs_winograd
 from face_detection.winograd import DEFAULT_BLOCK
 from lipsync import detcache, detect, faces, precision, vad, weights
 from lipsync.audio import SAMPLE_RATE, mel_chunks, melspectrogram
@@ -373,7 +373,8 @@ class LipSync:
         keeps direct ones: on its shrunk key frames the app's 10 s 720p request showed no gain, and the
         transformed kernels (4x the weights) raised its peak RSS by 200 MB.
         """
-        winograd = DEFAULT_BLOCK if detection == "original" else None
+        # keyed by what the detector really runs: elsewhere both presets share one
+        winograd = DEFAULT_BLOCK if detection == "original" and runs_winograd(self.device, dtype) else None
         with self._lock:
             if (dtype, winograd) not in self._detectors:
                 self._detectors[dtype, winograd] = detect.load_detector(

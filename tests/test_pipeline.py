@@ -11,6 +11,7 @@ from pathlib import Path
 import av
 import numpy as np
 import pytest
+import torch
 
 from face_detection.winograd import WinogradConv2d
 from lipsync.errors import InputError, NoFaceError
@@ -582,3 +583,5 @@ def test_full_frame_detection_gets_winograd_layers_and_the_fast_preset_direct_on
     fast, original = engine.detector(detection="fast"), engine.detector(detection="original")
     assert winograd_layers(fast) == 0 and winograd_layers(original) == 9
     assert engine.detector(detection="original") is original and engine.detector() is fast
+    # where Winograd layers do not apply (16-bit formats, GPUs), both presets share one detector
+    assert engine.detector(torch.bfloat16, "original") is engine.detector(torch.bfloat16, "fast")
