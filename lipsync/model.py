@@ -192,7 +192,7 @@ def to_device(tensor: torch.Tensor, device: torch.device, dtype: torch.dtype | N
 
 
 def _uses_channels_last(model: nn.Module) -> bool:
-    first = model.face_encoder_blocks[0][0].conv_block[0].weight  # 16x6x7x7: unambiguous layout
+    first = next(model.parameters())  # the first conv's 16x6x7x7 weight (folded or not): unambiguous layout
     return first.is_contiguous(memory_format=torch.channels_last) and not first.is_contiguous()
 
 

@@ -34,9 +34,10 @@ from lipsync import detcache, detect, faces, precision, vad, weights
 from lipsync.audio import SAMPLE_RATE, mel_chunks, melspectrogram
 from lipsync.compose import crossfade, paste
 from lipsync.errors import Cancelled, InputError, NoFaceError
+from lipsync.fused import load_folded_wav2lip
 from lipsync.hashing import content_key, file_sha256
 from lipsync.media import VideoSource, VideoWriter, load_audio
-from lipsync.model import FACE_SIZE, generate, load_wav2lip
+from lipsync.model import FACE_SIZE, generate
 from lipsync.options import FULL_FRAME, LipSyncOptions
 from lipsync.overlap import Prefetch, WriteBehind
 from lipsync.segments import Segments
@@ -361,8 +362,8 @@ class LipSync:
     def generator(self, checkpoint: str, dtype: torch.dtype = torch.float32) -> torch.nn.Module:
         with self._lock:
             if (checkpoint, dtype) not in self._generators:
-                self._generators[checkpoint, dtype] = load_wav2lip(checkpoint, device=self.device, dtype=dtype,
-                                                                   weights_dir=self.weights_dir)
+                self._generators[checkpoint, dtype] = load_folded_wav2lip(
+                    checkpoint, device=self.device, dtype=dtype, weights_dir=self.weights_dir)
             return self._generators[checkpoint, dtype]
 
     def detector(self, dtype: torch.dtype = torch.float32, detection: str = "fast") -> FaceDetector:

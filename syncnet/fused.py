@@ -13,18 +13,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from lipsync.fused import fold_batch_norm
 from syncnet.constants import WINDOW_FRAMES
 from syncnet.model import SyncNet
-
-
-def fold_batch_norm(weight: torch.Tensor, bias: torch.Tensor | None,
-                    bn: nn.modules.batchnorm._BatchNorm) -> tuple[torch.Tensor, torch.Tensor]:
-    """Weight and bias of a convolution (any kernel rank, output channels first) followed by eval-mode ``bn``."""
-    scale = bn.weight.double() / torch.sqrt(bn.running_var.double() + bn.eps)
-    b = torch.zeros_like(scale) if bias is None else bias.double()
-    folded_w = weight.double() * scale.view(-1, *[1] * (weight.dim() - 1))
-    folded_b = (b - bn.running_mean.double()) * scale + bn.bias.double()
-    return folded_w.to(weight.dtype), folded_b.to(weight.dtype)
 
 
 def _conv2d_from_3d(conv: nn.Conv3d, time_steps: int) -> nn.Conv2d:

@@ -1,0 +1,96 @@
+"""The Wav2Lip generator for inference: each eval-mode BatchNorm folded into the convolution before it.
+
+Every block of the generator is a convolution (or transposed convolution), a BatchNorm, an optional
+residual sum and a ReLU. In eval mode the BatchNorm is an affine map per output channel, so it can be
+folded into the convolution's weights and bias (computed in float64, stored in the weights' dtype);
+the residual sum and the ReLU then run in place on the convolution's output. That drops one pass over
+every activation and two temporaries per block. On a 2-core AVX2 CPU, batches of 16 faces in float32
+took 75-76 ms a face through :class:`lipsync.model.Wav2Lip` and 57-65 ms folded. Folded outputs equal
+the model's to float32 rounding: on the test weights, 0.002% of the output's grey levels moved by 1,
+and both are as far from a float64 forward pass (0.001% of grey levels off by 1).
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+from torch import nn
+
+from lipsync.model import Conv2d, Conv2dTranspose, Wav2Lip, load_wav2lip
+
+
+def fold_batch_norm(weight: torch.Tensor, bias: torch.Tensor | None, bn: nn.modules.batchnorm._BatchNorm, *,
+                    out_dim: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Weight and bias of a convolution (any kernel rank) followed by eval-mode ``bn``.
+
+    ``out_dim`` is the weight's output-channel dimension: 0 for convolutions, 1 for transposed ones
+    (their weights are (in, out, ...)).
+    """
+    scale = bn.weight.double() / torch.sqrt(bn.running_var.double() + bn.eps)
+    b = torch.zeros_like(scale) if bias is None else bias.double()
+    shape = [1] * weight.dim()
+    shape[out_dim] = -1
+    folded_w = weight.double() * scale.view(shape)
+    folded_b = (b - bn.running_mean.double()) * scale + bn.bias.double()
+    return folded_w.to(weight.dtype), folded_b.to(weight.dtype)
+
+
+def _folded_copy(conv: nn.Conv2d | nn.ConvTranspose2d, bn: nn.BatchNorm2d) -> nn.Module:
+    transposed = isinstance(conv, nn.ConvTranspose2d)
+    weight, bias = fold_batch_norm(conv.weight.detach(), None if conv.bias is None else conv.bias.detach(), bn,
+                                   out_dim=1 if transposed else 0)
+    kind = nn.ConvTranspose2d if transposed else nn.Conv2d
+    extra = {"output_padding": conv.output_padding} if transposed else {}
+    out = kind(conv.in_channels, conv.out_channels, conv.kernel_size, stride=conv.stride, padding=conv.padding,
+               dilation=conv.dilation, groups=conv.groups, bias=True, **extra)
+    out = out.to(device=weight.device, dtype=weight.dtype)
+    if conv.weight.is_contiguous(memory_format=torch.channels_last) and not conv.weight.is_contiguous():
+        out = out.to(memory_format=torch.channels_last)
+    with torch.no_grad():
+        out.weight.copy_(weight)
+        out.bias.copy_(bias)
+    return out
+
+
+class FoldedConv(nn.Module):
+    """A :class:`lipsync.model.Conv2d` or :class:`Conv2dTranspose` block with its BatchNorm folded in."""
+
+    def __init__(self, block: Conv2d | Conv2dTranspose) -> None:
+        super().__init__()
+        conv, bn = block.conv_block
+        self.conv = _folded_copy(conv, bn)
+        self.residual = getattr(block, "residual", False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.conv(x)  # a new tensor: safe to change in place
+        if self.residual:
+            out += x
+        return out.relu_()
+
+
+def fold_wav2lip(model: Wav2Lip) -> Wav2Lip:
+    """``model`` (loaded, in eval mode) with every Conv2d / Conv2dTranspose block replaced, in place, by a
+    :class:`FoldedConv`; returns it. For inference only: the model no longer trains, and its
+    ``state_dict()`` no longer has the checkpoint's keys, so load the weights first."""
+    if model.training:
+        raise ValueError("fold_wav2lip needs a model in eval mode (its BatchNorms' running statistics)")
+    _replace_blocks(model)
+    return model.requires_grad_(False)
+
+
+def _replace_blocks(module: nn.Module) -> None:
+    for name, child in list(module.named_children()):
+        if isinstance(child, (Conv2d, Conv2dTranspose)):
+            setattr(module, name, FoldedConv(child))
+        else:
+            _replace_blocks(child)
+
+
+def load_folded_wav2lip(name_or_path: str | os.PathLike = "wav2lip_gan", *, device: str | torch.device = "cpu",
+                        weights_dir: str | os.PathLike | None = None,
+                        dtype: torch.dtype = torch.float32) -> Wav2Lip:
+    """:func:`lipsync.model.load_wav2lip`, folded (:func:`fold_wav2lip`) in float32 on the CPU and then
+    moved to ``device`` and ``dtype``, channels-last: a 16-bit model gets its folded weights rounded once."""
+    model = fold_wav2lip(load_wav2lip(name_or_path, weights_dir=weights_dir))
+    return model.to(device=device, dtype=dtype, memory_format=torch.channels_last)
