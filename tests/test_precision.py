@@ -1,8 +1,9 @@
 """The precision policy (lipsync.precision) and the 16-bit paths, bounded against float32.
 
 The bounds are about twice what was measured with the generated (golden-formula) weights on the
-golden inputs: generator output mean 0.18 and max 1 grey level; S3FD's top ten boxes IoU >= 0.998;
-sfd_face heads within 0.0067 (loc) and 0.0036 (softmax); SyncNet embeddings 0.74 % relative error.
+golden inputs: generator output mean 0.18 (0.14 folded, as the engine runs it) and max 1 grey level;
+S3FD's top ten boxes IoU >= 0.998; sfd_face heads within 0.0067 (loc) and 0.0036 (softmax); SyncNet
+embeddings 0.74 % relative error.
 The float32 path itself is held to the original's numbers by the golden tests.
 """
 
