@@ -12,6 +12,7 @@ and both are as far from a float64 forward pass (0.001% of grey levels off by 1)
 
 from __future__ import annotations
 
+import copy
 import os
 
 import torch
@@ -36,21 +37,16 @@ def fold_batch_norm(weight: torch.Tensor, bias: torch.Tensor | None, bn: nn.modu
     return folded_w.to(weight.dtype), folded_b.to(weight.dtype)
 
 
-def _folded_copy(conv: nn.Conv2d | nn.ConvTranspose2d, bn: nn.BatchNorm2d) -> nn.Module:
-    transposed = isinstance(conv, nn.ConvTranspose2d)
+def fold_into(conv: nn.Conv2d | nn.ConvTranspose2d, bn: nn.modules.batchnorm._BatchNorm) -> None:
+    """Fold eval-mode ``bn`` into ``conv``'s weight and bias, in place (``conv`` gains a bias if it had
+    none); the weight keeps its memory layout."""
     weight, bias = fold_batch_norm(conv.weight.detach(), None if conv.bias is None else conv.bias.detach(), bn,
-                                   out_dim=1 if transposed else 0)
-    kind = nn.ConvTranspose2d if transposed else nn.Conv2d
-    extra = {"output_padding": conv.output_padding} if transposed else {}
-    out = kind(conv.in_channels, conv.out_channels, conv.kernel_size, stride=conv.stride, padding=conv.padding,
-               dilation=conv.dilation, groups=conv.groups, bias=True, **extra)
-    out = out.to(device=weight.device, dtype=weight.dtype)
-    if conv.weight.is_contiguous(memory_format=torch.channels_last) and not conv.weight.is_contiguous():
-        out = out.to(memory_format=torch.channels_last)
+                                   out_dim=1 if isinstance(conv, nn.modules.conv._ConvTransposeNd) else 0)
+    if conv.bias is None:
+        conv.bias = nn.Parameter(torch.empty_like(bias))
     with torch.no_grad():
-        out.weight.copy_(weight)
-        out.bias.copy_(bias)
-    return out
+        conv.weight.copy_(weight)
+        conv.bias.copy_(bias)
 
 
 class FoldedConv(nn.Module):
@@ -59,7 +55,8 @@ class FoldedConv(nn.Module):
     def __init__(self, block: Conv2d | Conv2dTranspose) -> None:
         super().__init__()
         conv, bn = block.conv_block
-        self.conv = _folded_copy(conv, bn)
+        self.conv = copy.deepcopy(conv)
+        fold_into(self.conv, bn)
         self.residual = getattr(block, "residual", False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from lipsync.fused import fold_batch_norm
+from lipsync.fused import fold_into
 from syncnet.constants import WINDOW_FRAMES
 from syncnet.model import SyncNet
 
@@ -61,13 +61,7 @@ def fold_tower(tower: nn.Sequential, time_steps: int | None = None) -> nn.Sequen
             conv = layers[-1] if layers else None
             if not isinstance(conv, nn.Conv2d):
                 raise ValueError(f"{layer.__class__.__name__} must follow a convolution to be folded")
-            weight, bias = fold_batch_norm(conv.weight.detach(), None if conv.bias is None else conv.bias.detach(),
-                                           layer)
-            if conv.bias is None:
-                conv.bias = nn.Parameter(torch.empty_like(bias))
-            with torch.no_grad():
-                conv.weight.copy_(weight)
-                conv.bias.copy_(bias)
+            fold_into(conv, layer)
         elif isinstance(layer, nn.MaxPool3d) and steps == 1:
             layers.append(_pool2d_from_3d(layer))
         elif isinstance(layer, nn.MaxPool2d) and time_steps is None:
