@@ -116,6 +116,23 @@ class Wav2Lip(nn.Module):
             nn.Sigmoid(),
         )
 
+    def encode_face(self, face: torch.Tensor) -> list[torch.Tensor]:
+        """face (B,6,96,96) -> the face encoder's output at each size, 96x96 first (the decoder's skips)."""
+        features = []
+        x = face
+        for block in self.face_encoder_blocks:
+            x = block(x)
+            features.append(x)
+        return features
+
+    def decode(self, audio: torch.Tensor, features: list[torch.Tensor]) -> torch.Tensor:
+        """audio (B,1,80,16) and ``encode_face``'s features of B faces -> (B,3,96,96) in [0, 1]."""
+        skips = list(features)
+        x = self.audio_encoder(audio)  # (B, 512, 1, 1)
+        for block in self.face_decoder_blocks:
+            x = torch.cat((block(x), skips.pop()), dim=1)
+        return self.output_block(x)
+
     def forward(self, audio: torch.Tensor, face: torch.Tensor) -> torch.Tensor:
         """audio (B,1,80,16), face (B,6,96,96) -> (B,3,96,96) in [0, 1].
 
@@ -128,17 +145,7 @@ class Wav2Lip(nn.Module):
             audio = torch.cat(audio.unbind(1), dim=0)
             face = torch.cat(face.unbind(2), dim=0)
 
-        features = []
-        x = face
-        for block in self.face_encoder_blocks:
-            x = block(x)
-            features.append(x)
-
-        x = self.audio_encoder(audio)  # (B, 512, 1, 1)
-        for block in self.face_decoder_blocks:
-            x = torch.cat((block(x), features.pop()), dim=1)
-
-        x = self.output_block(x)
+        x = self.decode(audio, self.encode_face(face))
         if sequence:
             x = torch.stack(torch.split(x, batch, dim=0), dim=2)
         return x
@@ -196,10 +203,24 @@ def _uses_channels_last(model: nn.Module) -> bool:
     return first.is_contiguous(memory_format=torch.channels_last) and not first.is_contiguous()
 
 
+def distinct_crops(crops: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+    """``(unique, inverse)`` with ``crops == unique[inverse]``, or ``(crops, None)`` when no two are equal.
+
+    A still photo gives the same crop on every frame, so the face encoder (8 % of the generator's
+    work) needs to see it once per batch; only the audio differs from face to face.
+    """
+    first: dict[bytes, int] = {}  # a crop's bytes -> its index among the distinct crops
+    inverse = np.array([first.setdefault(crop.tobytes(), len(first)) for crop in crops], dtype=np.int64)
+    if len(first) == len(crops):
+        return crops, None
+    return np.ascontiguousarray(crops[np.unique(inverse, return_index=True)[1]]), inverse
+
+
 def generate(model: Wav2Lip, mels: np.ndarray, crops: np.ndarray, *, batch_size: int | None = None) -> np.ndarray:
     """Run the generator: mels (B,80,16) float32, crops (B,96,96,3) BGR uint8 -> (B,96,96,3) uint8.
 
     The network computes in the dtype of its weights (inputs are cast to it, the output back to float32).
+    Equal crops (a still photo) are encoded once (:func:`distinct_crops`).
 
     Works through the inputs ``batch_size`` at a time (default: all); on torch.OutOfMemoryError the
     batch is halved and the failed part retried, down to one face.
@@ -218,11 +239,18 @@ def generate(model: Wav2Lip, mels: np.ndarray, crops: np.ndarray, *, batch_size:
 
     def run(start: int, stop: int) -> None:
         audio = to_device(torch.from_numpy(mels[start:stop, None]), device, dtype)  # (b, 1, 80, 16)
+        unique, inverse = distinct_crops(crops[start:stop])
         # permuting an NHWC array gives a channels_last tensor without a copy
-        face = to_device(torch.from_numpy(_faces_nhwc(crops[start:stop])), device, dtype).permute(0, 3, 1, 2)
+        face = to_device(torch.from_numpy(_faces_nhwc(unique)), device, dtype).permute(0, 3, 1, 2)
         if not channels_last:
             face = face.contiguous()
-        pred = model(audio, face)
+        if inverse is None:
+            pred = model(audio, face)
+        else:  # each distinct crop encoded once, its features given to every face showing it
+            index = torch.from_numpy(inverse).to(device)
+            memory_format = torch.channels_last if channels_last else torch.contiguous_format
+            pred = model.decode(audio, [f.index_select(0, index).contiguous(memory_format=memory_format)
+                                        for f in model.encode_face(face)])
         if cuda:  # to uint8 on the GPU, as to_u8 does (float32 product, truncation): a quarter of the copy back
             out[start:stop] = (pred.float() * 255).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
         else:

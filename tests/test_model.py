@@ -11,7 +11,7 @@ import torch
 
 from lipsync import weights
 from lipsync.errors import WeightsError
-from lipsync.model import Wav2Lip, generate, load_wav2lip, prepare_faces, to_u8
+from lipsync.model import Wav2Lip, distinct_crops, generate, load_wav2lip, prepare_faces, to_u8
 
 MANIFEST = json.loads((Path(__file__).parent / "data" / "manifests" / "wav2lip.json").read_text())
 
@@ -96,6 +96,7 @@ def test_generate_halves_batch_on_oom(model, monkeypatch, golden, caplog):
     g = golden("wav2lip_generator")
     mels = np.repeat(g["mel_input"][:, 0], 3, axis=0)  # 6 faces
     crops = np.repeat(g["faces_bgr_u8"], 3, axis=0)
+    crops[:, 0, 0, 0] = np.arange(6)  # six distinct crops: the whole network runs on each batch
     expected = generate(model, mels, crops)
     forward, sizes = Wav2Lip.forward, []
 
@@ -118,6 +119,7 @@ def test_generate_oom_at_batch_one_propagates(model, monkeypatch):
 
     monkeypatch.setattr(Wav2Lip, "forward", always)
     crops = np.zeros((2, 96, 96, 3), np.uint8)
+    crops[1] = 1  # distinct crops: the whole network runs
     with pytest.raises(torch.OutOfMemoryError):
         generate(model, np.zeros((2, 80, 16), np.float32), crops)
 
@@ -128,7 +130,39 @@ def test_generate_other_runtime_errors_are_not_swallowed(model, monkeypatch):
 
     monkeypatch.setattr(Wav2Lip, "forward", broken)
     with pytest.raises(RuntimeError, match="shape mismatch"):
-        generate(model, np.zeros((2, 80, 16), np.float32), np.zeros((2, 96, 96, 3), np.uint8))
+        generate(model, np.zeros((2, 80, 16), np.float32), np.arange(2, dtype=np.uint8)[:, None, None, None]
+                 .repeat(96, 1).repeat(96, 2).repeat(3, 3))
+
+
+def test_distinct_crops():
+    rng = np.random.default_rng(5)
+    crops = rng.integers(0, 256, (6, 96, 96, 3), dtype=np.uint8)
+    assert distinct_crops(crops)[1] is None and distinct_crops(crops[:1])[1] is None
+    crops[3], crops[5] = crops[1], crops[0]
+    unique, inverse = distinct_crops(crops)
+    assert inverse.tolist() == [0, 1, 2, 1, 3, 0]
+    np.testing.assert_array_equal(unique[inverse], crops)
+
+
+def test_generate_encodes_a_still_face_once(model, golden, monkeypatch):
+    """A still photo: the face encoder sees each distinct crop once, and the mouths are those of the
+    whole network run on every face (within one grey level: oneDNN may sum in another order for
+    another batch size)."""
+    g = golden("wav2lip_generator")
+    rng = np.random.default_rng(6)
+    mels = rng.uniform(-4, 4, (8, 80, 16)).astype(np.float32)
+    crops = np.concatenate([np.repeat(g["faces_bgr_u8"][:1], 5, axis=0), np.repeat(g["faces_bgr_u8"][1:], 3, axis=0)])
+    with torch.inference_mode():
+        face = torch.from_numpy(prepare_faces(crops)).contiguous(memory_format=torch.channels_last)
+        reference = to_u8(model(torch.from_numpy(mels[:, None]), face)).astype(int)
+    encoded = []
+    encode = Wav2Lip.encode_face
+    monkeypatch.setattr(Wav2Lip, "encode_face", lambda self, x: encoded.append(len(x)) or encode(self, x))
+    out = generate(model, mels, crops).astype(int)
+    assert encoded == [2]
+    diff = np.abs(out - reference)
+    assert diff.max() <= 1 and (diff > 0).mean() < 1e-3
+    assert len({out[k].tobytes() for k in range(5)}) == 5  # the same face, five different mouths
 
 
 def test_generate_empty(model):

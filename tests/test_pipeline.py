@@ -129,15 +129,23 @@ def test_mkv_is_lossless_outside_the_box(boxed_mkv, face_clip):
     assert result.n_frames == len(list(iter_frames(out)))
 
 
-def test_still_image_and_pingpong(engine, face_image_bgr, speech_wav, tmp_path):
+def test_still_image_and_pingpong(engine, face_image_bgr, speech_wav, tmp_path, monkeypatch):
     import cv2
 
+    from lipsync.model import Wav2Lip
+
+    encoded, decoded = [], []
+    encode, decode = Wav2Lip.encode_face, Wav2Lip.decode
+    monkeypatch.setattr(Wav2Lip, "encode_face", lambda self, x: encoded.append(len(x)) or encode(self, x))
+    monkeypatch.setattr(Wav2Lip, "decode", lambda self, a, f: decoded.append(len(a)) or decode(self, a, f))
     image = tmp_path / "face.png"
     cv2.imwrite(str(image), face_image_bgr)
     out = tmp_path / "still.mp4"
     result = engine.run(image, speech_wav, out, LipSyncOptions(box=(60, 300, 150, 360), fps=30))
     assert streams(out)["rate"] == 30 and streams(out)["size"] == (512, 512)
     assert result.n_frames == len(list(iter_frames(out)))
+    # the photo's face is encoded once per batch of frames, and every frame gets its own mouth
+    assert set(encoded) == {1} and len(encoded) == len(decoded) and sum(decoded) == result.n_frames
 
 
 def test_audio_longer_than_video_loops(engine, planted, face_image_bgr, speech_wav, tmp_path):
