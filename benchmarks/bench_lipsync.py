@@ -8,6 +8,7 @@ real-time factor (seconds of processing per second of video) and the peak RSS, b
     python -m benchmarks.bench_lipsync                       # fast preset on the 10 s and 60 s clips
     python -m benchmarks.bench_lipsync --box                 # also a fixed-box run (no detection)
     python -m benchmarks.bench_lipsync --seconds 2 --detection original   # the original detection
+    python -m benchmarks.bench_lipsync --still               # also a still photo (the clip's first frame)
 
 The generated weights are random, so the real S3FD finds no face; by default the real detector still
 runs on every frame the pipeline hands it (timed), and the face box ``make_clip`` planted is returned
@@ -60,8 +61,9 @@ def child(spec: dict, result_path: str) -> None:
     if spec["mode"] == "box":
         x1, y1, x2, y2 = (int(round(v)) for v in boxes[0])
         options = LipSyncOptions(box=(y1, y2, x1, x2), cache_detections=False, **chosen)
-    else:
-        options = LipSyncOptions(detection=spec["mode"], cache_detections=False, **chosen)
+    else:  # a still photo is detected as the fast preset does (once: every frame is the same)
+        detection = "fast" if spec["mode"] == "still" else spec["mode"]
+        options = LipSyncOptions(detection=detection, cache_detections=False, **chosen)
     dtype = engine.dtype(options)
     engine.generator(options.checkpoint, dtype)
     planted = None
@@ -75,8 +77,9 @@ def child(spec: dict, result_path: str) -> None:
 
     with tempfile.TemporaryDirectory(prefix="bench-lipsync-") as tmp:
         out = Path(tmp) / "out.mp4"
+        face = still_photo(clip, Path(tmp) / "still.png") if spec["mode"] == "still" else clip
         start = time.perf_counter()
-        result = engine.run(clip, clip, out, options)
+        result = engine.run(face, clip, out, options)
         e2e = time.perf_counter() - start
         info = probe(out)
     figures = {
@@ -90,6 +93,16 @@ def child(spec: dict, result_path: str) -> None:
     if planted is not None:
         figures.update(planted.stats())
     write_result(result_path, figures)
+
+
+def still_photo(clip: Path, path: Path) -> Path:
+    """The clip's first frame as a PNG: a still photo of the same face (its frame code says frame 0)."""
+    import cv2
+
+    from lipsync.media import frame_at
+
+    cv2.imwrite(str(path), frame_at(clip, 0.0))
+    return path
 
 
 def _cell(seconds: float | None, frames: int) -> str:
@@ -153,15 +166,18 @@ def _targets(runs: list[tuple[str, ChildRun]]) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--detection", nargs="+", default=["fast"], choices=["fast", "original"],
-                        help="detection presets to run (default fast)")
+    parser.add_argument("--detection", nargs="*", default=["fast"], choices=["fast", "original"],
+                        help="detection presets to run on the clip (default fast; none: only --box/--still)")
     parser.add_argument("--box", action="store_true", help="also run with a fixed box (no detection)")
+    parser.add_argument("--still", action="store_true",
+                        help="also lip-sync a still photo (the clip's first frame, as a PNG) to the clip's "
+                             "sound")
     add_common_arguments(parser, "pipeline")
     args = parser.parse_args()
     if args.child:
         child(json.loads(args.child), args.result)
         return
-    modes = list(args.detection) + (["box"] if args.box else [])
+    modes = list(args.detection) + (["box"] if args.box else []) + (["still"] if args.still else [])
     run_all("benchmarks.bench_lipsync", args, modes, {}, report)
 
 
