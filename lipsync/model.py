@@ -244,13 +244,12 @@ def generate(model: Wav2Lip, mels: np.ndarray, crops: np.ndarray, *, batch_size:
         face = to_device(torch.from_numpy(_faces_nhwc(unique)), device, dtype).permute(0, 3, 1, 2)
         if not channels_last:
             face = face.contiguous()
-        if inverse is None:
-            pred = model(audio, face)
-        else:  # each distinct crop encoded once, its features given to every face showing it
+        features = model.encode_face(face)
+        if inverse is not None:  # each distinct crop encoded once, its features given to every face showing it
             index = torch.from_numpy(inverse).to(device)
             memory_format = torch.channels_last if channels_last else torch.contiguous_format
-            pred = model.decode(audio, [f.index_select(0, index).contiguous(memory_format=memory_format)
-                                        for f in model.encode_face(face)])
+            features = [f.index_select(0, index).contiguous(memory_format=memory_format) for f in features]
+        pred = model.decode(audio, features)
         if cuda:  # to uint8 on the GPU, as to_u8 does (float32 product, truncation): a quarter of the copy back
             out[start:stop] = (pred.float() * 255).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
         else:

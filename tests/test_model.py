@@ -96,17 +96,16 @@ def test_generate_halves_batch_on_oom(model, monkeypatch, golden, caplog):
     g = golden("wav2lip_generator")
     mels = np.repeat(g["mel_input"][:, 0], 3, axis=0)  # 6 faces
     crops = np.repeat(g["faces_bgr_u8"], 3, axis=0)
-    crops[:, 0, 0, 0] = np.arange(6)  # six distinct crops: the whole network runs on each batch
     expected = generate(model, mels, crops)
-    forward, sizes = Wav2Lip.forward, []
+    decode, sizes = Wav2Lip.decode, []
 
-    def limited(self, audio, face):
+    def limited(self, audio, features):
         sizes.append(audio.shape[0])
         if audio.shape[0] > 2:
             raise torch.OutOfMemoryError("simulated: out of memory")
-        return forward(self, audio, face)
+        return decode(self, audio, features)
 
-    monkeypatch.setattr(Wav2Lip, "forward", limited)
+    monkeypatch.setattr(Wav2Lip, "decode", limited)
     out = generate(model, mels, crops, batch_size=6)
     assert sizes == [6, 3, 1, 1, 1, 1, 1, 1]  # 6 fails, 3 fails, then ones (3 // 2 = 1)
     np.testing.assert_array_equal(out, expected)
@@ -114,24 +113,22 @@ def test_generate_halves_batch_on_oom(model, monkeypatch, golden, caplog):
 
 
 def test_generate_oom_at_batch_one_propagates(model, monkeypatch):
-    def always(self, audio, face):
+    def always(self, audio, features):
         raise torch.OutOfMemoryError("simulated: out of memory")
 
-    monkeypatch.setattr(Wav2Lip, "forward", always)
+    monkeypatch.setattr(Wav2Lip, "decode", always)
     crops = np.zeros((2, 96, 96, 3), np.uint8)
-    crops[1] = 1  # distinct crops: the whole network runs
     with pytest.raises(torch.OutOfMemoryError):
         generate(model, np.zeros((2, 80, 16), np.float32), crops)
 
 
 def test_generate_other_runtime_errors_are_not_swallowed(model, monkeypatch):
-    def broken(self, audio, face):
+    def broken(self, audio, features):
         raise RuntimeError("shape mismatch")
 
-    monkeypatch.setattr(Wav2Lip, "forward", broken)
+    monkeypatch.setattr(Wav2Lip, "decode", broken)
     with pytest.raises(RuntimeError, match="shape mismatch"):
-        generate(model, np.zeros((2, 80, 16), np.float32), np.arange(2, dtype=np.uint8)[:, None, None, None]
-                 .repeat(96, 1).repeat(96, 2).repeat(3, 3))
+        generate(model, np.zeros((2, 80, 16), np.float32), np.zeros((2, 96, 96, 3), np.uint8))
 
 
 def test_distinct_crops():
