@@ -68,7 +68,7 @@ def child(spec: dict, result_path: str) -> None:
     engine.generator(options.checkpoint, dtype)
     planted = None
     if spec["mode"] != "box":
-        real = engine.detector(dtype, options.detection)
+        real = engine.detector(dtype)
         if spec["plant"]:
             planted = PlantedDetector(real, boxes, random_scores=spec["random_scores"])
             engine.detector = lambda *_: planted  # the instance attribute shadows the method

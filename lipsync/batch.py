@@ -63,7 +63,7 @@ class LipSyncWorker:
         self.engine.generator(spec.options.checkpoint)  # load now: once per worker, and a missing file stops the run
         checkpoints = {"generator": weights.resolve(spec.options.checkpoint, weights_dir=spec.weights_dir)}
         if spec.options.box is None:
-            self.engine.detector(detection=spec.options.detection)
+            self.engine.detector()
             checkpoints["detector"] = weights.resolve(DETECTOR, weights_dir=spec.weights_dir)
         self._versions = batchrun.software_versions(checkpoints, str(self.engine.device))
 

@@ -352,7 +352,7 @@ class LipSync:
         # decode ahead and encode behind in threads (FFmpeg releases the GIL), beside the networks
         self.overlap = True
         self._generators: dict[tuple[str, torch.dtype], torch.nn.Module] = {}
-        self._detectors: dict[tuple[torch.dtype, int | None], FaceDetector] = {}
+        self._detectors: dict[torch.dtype, FaceDetector] = {}
         self._lock = threading.Lock()
 
     def dtype(self, options: LipSyncOptions) -> torch.dtype:
@@ -366,21 +366,23 @@ class LipSync:
                     checkpoint, device=self.device, dtype=dtype, weights_dir=self.weights_dir)
             return self._generators[checkpoint, dtype]
 
-    def detector(self, dtype: torch.dtype = torch.float32, detection: str = "fast") -> FaceDetector:
-        """The S3FD detector for ``dtype`` and a detection preset, loaded once.
+    def detector(self, dtype: torch.dtype = torch.float32) -> FaceDetector:
+        """The S3FD detector for ``dtype``, loaded once, for both detection presets.
 
-        ``--detection original`` gets Winograd F(4x4, 3x3) deep layers (float32 on a CPU): on full 720p
-        frames, in strips, S3FD took 3.8 s a frame instead of 5.7 s (2-core AVX2 CPU). The fast preset
-        keeps direct ones: on its shrunk key frames the app's 10 s 720p request showed no gain, and the
-        transformed kernels (4x the weights) raised its peak RSS by 200 MB.
+        In float32 on a CPU its deep layers are Winograd F(4x4, 3x3) convolutions (see
+        face_detection.detector.runs_winograd). ``--detection original``: on full 720p frames, in strips,
+        S3FD took 3.8 s a frame instead of 5.7 s (2-core AVX2 CPU). The fast preset: on its key frames
+        shrunk to the faces' size (228x128 for the 720p benchmark clip), 117-139 ms a frame instead of
+        175-201 ms, and the 10 s clip's detection 8.6-10.2 s instead of 12.0-16.9 s (2-core AVX-512 Xeon,
+        alternated). The transformed kernels (4x the weights) cost about 190 MB: 1.29 GB peak RSS for the
+        10 s and the 60 s clip alike.
         """
-        # keyed by what the detector really runs: elsewhere both presets share one
-        winograd = DEFAULT_BLOCK if detection == "original" and runs_winograd(self.device, dtype) else None
+        winograd = DEFAULT_BLOCK if runs_winograd(self.device, dtype) else None
         with self._lock:
-            if (dtype, winograd) not in self._detectors:
-                self._detectors[dtype, winograd] = detect.load_detector(
+            if dtype not in self._detectors:
+                self._detectors[dtype] = detect.load_detector(
                     "s3fd", "s3fd", device=self.device, dtype=dtype, weights_dir=self.weights_dir, winograd=winograd)
-            return self._detectors[dtype, winograd]
+            return self._detectors[dtype]
 
     def run(self, face: str | os.PathLike, audio: str | os.PathLike, output: str | os.PathLike,
             options: LipSyncOptions | None = None, *, voice: str | os.PathLike | None = None,
@@ -438,7 +440,7 @@ class LipSync:
         if dets is not None:
             log.info("face detections for %s taken from the cache", frames.name)
             return FaceBoxes(n_frames, options, frame_hw, watch, dets=dets)
-        detector = self.detector(self.dtype(options), options.detection)
+        detector = self.detector(self.dtype(options))
         detection = detect.DetectionPass(detector, frames.frames(n_frames), n_frames, options)
         save = (lambda found: detcache.save(key, found)) if key else None
         return FaceBoxes(n_frames, options, frame_hw, watch, detection=detection, on_detected=save)
@@ -552,7 +554,7 @@ class LipSync:
         if options.box is not None:
             boxes, found = faces.fixed_boxes(options.box, frame_hw, 1), np.ones(1, bool)
         else:
-            dets = detect.detect_faces(self.detector(self.dtype(options), options.detection), [frame], 1, options)
+            dets = detect.detect_faces(self.detector(self.dtype(options)), [frame], 1, options)
             boxes, found = faces.boxes_from_detections(dets, 1, options, frame_hw)
         if not found[0]:
             raise NoFaceError(

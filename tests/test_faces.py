@@ -109,8 +109,8 @@ def test_wrong_detector_checkpoint_is_a_weights_error(weights_dir):
         detect.load_detector(weights_dir / "sfd_face.pth", "s3fd")
 
 
-def test_lip_sync_detector_uses_direct_convolutions(weights_dir):
-    """Winograd kernels cost the lip-sync engine more memory than their speed is worth (see detect.load_detector)."""
+def test_load_detector_runs_winograd_layers_only_when_asked(weights_dir):
+    """Direct convolutions unless asked: the Winograd kernels take 4x the weights' memory (see LipSync.detector)."""
     from face_detection.winograd import WinogradConv2d
 
     det = detect.load_detector(weights_dir / "s3fd.pth", "s3fd")

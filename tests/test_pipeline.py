@@ -584,12 +584,12 @@ def test_should_stop_ends_the_run_between_batches_and_leaves_nothing(engine, fac
     assert result.n_frames > 0 and out.exists()
 
 
-def test_full_frame_detection_gets_winograd_layers_and_the_fast_preset_direct_ones(engine):
+def test_detector_runs_winograd_layers_in_float32_on_cpu_only(engine):
     def winograd_layers(detector) -> int:
         return sum(isinstance(m, WinogradConv2d) for m in detector.net.modules())
 
-    fast, original = engine.detector(detection="fast"), engine.detector(detection="original")
-    assert winograd_layers(fast) == 0 and winograd_layers(original) == 9
-    assert engine.detector(detection="original") is original and engine.detector() is fast
-    # where Winograd layers do not apply (16-bit formats, GPUs), both presets share one detector
-    assert engine.detector(torch.bfloat16, "original") is engine.detector(torch.bfloat16, "fast")
+    fp32 = engine.detector()
+    assert winograd_layers(fp32) == 9 and engine.detector(torch.float32) is fp32
+    # where Winograd layers do not apply (16-bit formats, GPUs), the detector runs direct convolutions
+    bf16 = engine.detector(torch.bfloat16)
+    assert bf16 is not fp32 and winograd_layers(bf16) == 0 and engine.detector(torch.bfloat16) is bf16
