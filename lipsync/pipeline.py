@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from face_detection.detector import FaceDetector, runs_winograd
+from face_detection.detector import FaceDetector
 from face_detection.winograd import DEFAULT_BLOCK
 from lipsync import detcache, detect, faces, precision, vad, weights
 from lipsync.audio import SAMPLE_RATE, mel_chunks, melspectrogram
@@ -377,11 +377,11 @@ class LipSync:
         alternated). The transformed kernels (4x the weights) cost about 190 MB: 1.29 GB peak RSS for the
         10 s and the 60 s clip alike.
         """
-        winograd = DEFAULT_BLOCK if runs_winograd(self.device, dtype) else None
         with self._lock:
-            if dtype not in self._detectors:
+            if dtype not in self._detectors:  # FaceDetector applies the Winograd request only where it runs
                 self._detectors[dtype] = detect.load_detector(
-                    "s3fd", "s3fd", device=self.device, dtype=dtype, weights_dir=self.weights_dir, winograd=winograd)
+                    "s3fd", "s3fd", device=self.device, dtype=dtype, weights_dir=self.weights_dir,
+                    winograd=DEFAULT_BLOCK)
             return self._detectors[dtype]
 
     def run(self, face: str | os.PathLike, audio: str | os.PathLike, output: str | os.PathLike,
