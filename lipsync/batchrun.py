@@ -178,6 +178,8 @@ def run(job: Job, tasks: Sequence[Task], out: Path, resources: Resources, *, ret
                         table.write(due=True)
         except KeyboardInterrupt:
             interrupted = True
+            # the interrupt may land between a record's append and its entry in records: the journal decides
+            records.update(latest(journal.read()))
         finally:
             table.write(due=False)
     kept = [records[k] for k in order if k in records]

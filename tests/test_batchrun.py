@@ -365,6 +365,24 @@ def test_interrupted_run_keeps_what_finished_and_resumes(tmp_path: Path, in_proc
     assert [r["value"] for r in read_table(out)] == ["1", "2", "3", "4"]
 
 
+def test_an_interrupt_just_after_a_record_is_journaled_still_puts_it_in_the_table(
+        tmp_path: Path, in_process: list[str], monkeypatch):
+    paths = files(tmp_path / "in", {"1.txt": "1", "2.txt": "2", "3.txt": "3"})
+    out = tmp_path / "r.csv"
+    append = batchrun.Journal.append
+
+    def append_then_ctrl_c(self, record):
+        append(self, record)
+        if Path(record["inputs"]["file"]).name == "2.txt":
+            raise KeyboardInterrupt  # on disk, not yet among the run's records
+
+    monkeypatch.setattr(batchrun.Journal, "append", append_then_ctrl_c)
+    outcome = run(CountJob(), paths, out)
+    assert outcome.interrupted
+    assert [r["value"] for r in read_table(out)] == ["1", "2"]
+    assert [Path(r["inputs"]["file"]).name for r in outcome.records] == ["1.txt", "2.txt"]
+
+
 def test_models_that_cannot_load_stop_the_run(tmp_path: Path):
     def broken():
         raise LipSyncError("'syncnet_v2.model' is missing")
