@@ -10,7 +10,6 @@ same frame at inference), both BGR /255. The output is the BGR face in [0, 1].
 from __future__ import annotations
 
 import os
-from typing import Protocol
 
 import numpy as np
 import torch
@@ -152,19 +151,6 @@ class Wav2Lip(nn.Module):
         return x
 
 
-class Generator(Protocol):
-    """Wav2Lip computed by another runtime (lipsync.openvino_generator): the two halves of the network
-    on tensors, and where it computes (it takes contiguous NCHW tensors when ``channels_last`` is False)."""
-
-    device: torch.device
-    dtype: torch.dtype
-    channels_last: bool
-
-    def encode_face(self, face: torch.Tensor) -> list[torch.Tensor]: ...
-
-    def decode(self, audio: torch.Tensor, features: list[torch.Tensor]) -> torch.Tensor: ...
-
-
 def load_wav2lip(name_or_path: str | os.PathLike = "wav2lip_gan", *, device: str | torch.device = "cpu",
                  weights_dir: str | os.PathLike | None = None, dtype: torch.dtype = torch.float32) -> Wav2Lip:
     """Build Wav2Lip, load a checkpoint (key/shape checked; WeightsError names the first mismatch).
@@ -230,8 +216,7 @@ def distinct_crops(crops: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
     return np.ascontiguousarray(crops[np.unique(inverse, return_index=True)[1]]), inverse
 
 
-def generate(model: Wav2Lip | Generator, mels: np.ndarray, crops: np.ndarray, *,
-             batch_size: int | None = None) -> np.ndarray:
+def generate(model: Wav2Lip, mels: np.ndarray, crops: np.ndarray, *, batch_size: int | None = None) -> np.ndarray:
     """Run the generator: mels (B,80,16) float32, crops (B,96,96,3) BGR uint8 -> (B,96,96,3) uint8.
 
     The network computes in the dtype of its weights (inputs are cast to it, the output back to float32).
@@ -247,11 +232,8 @@ def generate(model: Wav2Lip | Generator, mels: np.ndarray, crops: np.ndarray, *,
     out = np.empty((total, FACE_SIZE, FACE_SIZE, 3), dtype=np.uint8)
     if total == 0:
         return out
-    if isinstance(model, nn.Module):
-        param = next(model.parameters())
-        device, dtype, channels_last = param.device, param.dtype, _uses_channels_last(model)
-    else:  # another runtime's generator (lipsync.openvino_generator) says where it computes
-        device, dtype, channels_last = model.device, model.dtype, model.channels_last
+    param = next(model.parameters())
+    device, dtype, channels_last = param.device, param.dtype, _uses_channels_last(model)
 
     cuda = device.type == "cuda"
 

@@ -70,8 +70,7 @@ class LipSyncOptions:
         "feather (soft edges).", "Blend", group="look")
     precision: Precision = option(
         "auto", "Number format of the networks: fp32 runs the published models exactly; bf16/fp16 are faster "
-        "where the hardware has them; auto picks bf16 (or fp16) on a GPU, bf16 on a CPU with native bf16, else fp32 "
-        "(the generator then run by OpenVINO where it is installed).",
+        "where the hardware has them; auto picks bf16 (or fp16) on a GPU, bf16 on a CPU with native bf16, else fp32.",
         "Precision", group="model")
     detection: Literal["fast", "original"] = option(
         "fast", "fast: detect on shrunk key frames and interpolate; original: every frame at full size, "

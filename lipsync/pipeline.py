@@ -22,7 +22,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
-from typing import Literal
 
 import cv2
 import numpy as np
@@ -31,14 +30,14 @@ from tqdm.auto import tqdm
 
 from face_detection.detector import FaceDetector
 from face_detection.winograd import DEFAULT_BLOCK
-from lipsync import detcache, detect, faces, openvino_generator, precision, vad, weights
+from lipsync import detcache, detect, faces, precision, vad, weights
 from lipsync.audio import SAMPLE_RATE, mel_chunks, melspectrogram
 from lipsync.compose import crossfade, paste
 from lipsync.errors import Cancelled, InputError, NoFaceError
 from lipsync.fused import load_folded_wav2lip
 from lipsync.hashing import content_key, file_sha256
 from lipsync.media import VideoSource, VideoWriter, load_audio
-from lipsync.model import FACE_SIZE, Generator, generate
+from lipsync.model import FACE_SIZE, generate
 from lipsync.options import FULL_FRAME, LipSyncOptions
 from lipsync.overlap import Prefetch, WriteBehind
 from lipsync.segments import Segments
@@ -52,8 +51,6 @@ FRAME_BUFFER_BYTES = 128 * 1024 * 1024
 # are no faster there, and their activations cost about 10 MB per face (a pass of 128 faces peaked
 # above 2 GB). Eval-mode BatchNorm works per face, so the output does not depend on it.
 CPU_GENERATOR_BATCH = 16
-# what runs the generator (LipSync.runtime)
-Runtime = Literal["torch", "openvino"]
 # Batches decoded ahead of and encoded behind the generator (see lipsync.overlap). On 2 CPU cores, one
 # batch each way made a 10 s 720p run 7 % faster (34.6 -> 32.3 s, two runs each) for 60-100 MB more
 # at the peak; two batches were no faster there and cost 190 MB.
@@ -354,7 +351,7 @@ class LipSync:
             log.warning("running on the CPU: expect about 13-20 frames/s for the generator on 2 cores in float32")
         # decode ahead and encode behind in threads (FFmpeg releases the GIL), beside the networks
         self.overlap = True
-        self._generators: dict[tuple[str, torch.dtype, Runtime], torch.nn.Module | Generator] = {}
+        self._generators: dict[tuple[str, torch.dtype], torch.nn.Module] = {}
         self._detectors: dict[torch.dtype, FaceDetector] = {}
         self._lock = threading.Lock()
 
@@ -362,35 +359,12 @@ class LipSync:
         """What the networks compute in for these options on this engine's device (lipsync.precision)."""
         return precision.resolve(options.precision, self.device)
 
-    def runtime(self, options: LipSyncOptions) -> Runtime:
-        """What runs the generator: OpenVINO for precision auto on a CPU without native bf16, where it
-        beat torch's float32 (lipsync.openvino_generator) and is installed and not turned off; else torch."""
-        auto_fp32_cpu = options.precision == "auto" and self.device == "cpu" and self.dtype(options) == torch.float32
-        return "openvino" if auto_fp32_cpu and openvino_generator.enabled() else "torch"
-
-    def model_for(self, options: LipSyncOptions) -> torch.nn.Module | Generator:
-        """The generator these options run (loaded once): their checkpoint, precision and runtime."""
-        return self.generator(options.checkpoint, self.dtype(options), self.runtime(options))
-
-    def generator(self, checkpoint: str, dtype: torch.dtype = torch.float32,
-                  runtime: Runtime = "torch") -> torch.nn.Module | Generator:
-        """The generator of ``checkpoint`` in ``dtype`` run by ``runtime`` ("openvino": float32 on the CPU
-        only, and torch's model when OpenVINO cannot be had), loaded once."""
+    def generator(self, checkpoint: str, dtype: torch.dtype = torch.float32) -> torch.nn.Module:
         with self._lock:
-            key = (checkpoint, dtype, runtime)
-            if key not in self._generators:
-                model = None
-                if runtime == "openvino":
-                    model = openvino_generator.load(weights.resolve(checkpoint, weights_dir=self.weights_dir))
-                self._generators[key] = model or self._torch_generator(checkpoint, dtype)
-            return self._generators[key]
-
-    def _torch_generator(self, checkpoint: str, dtype: torch.dtype) -> torch.nn.Module:
-        key = (checkpoint, dtype, "torch")  # also what the openvino key falls back to: loaded once
-        if key not in self._generators:
-            self._generators[key] = load_folded_wav2lip(checkpoint, device=self.device, dtype=dtype,
-                                                        weights_dir=self.weights_dir)
-        return self._generators[key]
+            if (checkpoint, dtype) not in self._generators:
+                self._generators[checkpoint, dtype] = load_folded_wav2lip(
+                    checkpoint, device=self.device, dtype=dtype, weights_dir=self.weights_dir)
+            return self._generators[checkpoint, dtype]
 
     def detector(self, dtype: torch.dtype = torch.float32) -> FaceDetector:
         """The S3FD detector for ``dtype``, loaded once, for both detection presets.
@@ -481,7 +455,7 @@ class LipSync:
     def render(self, plan: Plan, output: Path, *, segments: Segments | None = None,
                should_stop: Callable[[], bool] | None = None) -> LipSyncResult:
         """Generate, paste and encode every output frame; the partial file is removed on failure."""
-        model = self.model_for(plan.options)
+        model = self.generator(plan.options.checkpoint, self.dtype(plan.options))
         face, watch = plan.face, plan.watch
         no_face = np.zeros(plan.n_out, bool)
         per_batch = max(1, min(plan.options.wav2lip_batch_size, FRAME_BUFFER_BYTES // (face.height * face.width * 3)))
@@ -531,7 +505,7 @@ class LipSync:
                              width=face.width, height=face.height, no_face_ranges=ranges,
                              timings=dict(watch.totals), message=message)
 
-    def _lip_sync_batch(self, model: torch.nn.Module | Generator, plan: Plan, frames: list[np.ndarray],
+    def _lip_sync_batch(self, model: torch.nn.Module, plan: Plan, frames: list[np.ndarray],
                         indices: range) -> None:
         """Generate the mouths of one batch of output frames and paste them in place."""
         boxes = {k: plan.boxes.boxes[plan.source(i)] for k, i in enumerate(indices)
@@ -590,7 +564,7 @@ class LipSync:
         # a plan of one input frame: output frame i shows it, and the run's own batch code paints it
         plan = Plan(frames, options, speech, 1, FaceBoxes(1, options, frame_hw, watch, fixed=boxes), watch, weights)
         batch = [frame]
-        self._lip_sync_batch(self.model_for(options), plan, batch, range(i, i + 1))
+        self._lip_sync_batch(self.generator(options.checkpoint, self.dtype(options)), plan, batch, range(i, i + 1))
         out = batch[0]  # our own array either way: the frame was decoded (or copied) for this call
         x1, y1, x2, y2 = (int(v) for v in boxes[0])
         for k in range(PREVIEW_BOX_THICKNESS):  # 1-px outlines inward: nothing outside the box changes

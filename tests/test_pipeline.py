@@ -134,9 +134,6 @@ def test_still_image_and_pingpong(engine, face_image_bgr, speech_wav, tmp_path, 
 
     from lipsync.model import Wav2Lip
 
-    # torch's model, whose two halves are counted here (OpenVINO's still-photo batches are checked in
-    # tests/test_openvino_generator.py)
-    monkeypatch.setenv("LIPSYNC_OPENVINO", "0")
     encoded, decoded = [], []
     encode, decode = Wav2Lip.encode_face, Wav2Lip.decode
     monkeypatch.setattr(Wav2Lip, "encode_face", lambda self, x: encoded.append(len(x)) or encode(self, x))

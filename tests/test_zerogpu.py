@@ -154,11 +154,7 @@ def test_preload_loads_both_checkpoints_and_every_network(weights_dir):
     models = app_module.Models(weights_dir=str(weights_dir), device="cpu")
     models.preload()
     engine, evaluator = models.engine(), models.evaluator()
-    assert {key[0] for key in engine._generators} == set(app_module.CHECKPOINTS)
-    for name in app_module.CHECKPOINTS:  # what fp32 and auto run, whatever the runtime auto chose here
-        for chosen in ("fp32", "auto"):
-            options = app_module.LipSyncOptions(checkpoint=name, precision=chosen)
-            assert (name, engine.dtype(options), engine.runtime(options)) in engine._generators
+    assert {name for name, _ in engine._generators} == set(app_module.CHECKPOINTS)
     assert engine._detectors and evaluator.syncnets and evaluator.detectors
 
 
