@@ -202,9 +202,10 @@ class Models:
         checkpoint.
         """
         engine, evaluator = self.engine(), self.evaluator()
-        for dtype in {torch.float32, precision.resolve("auto", engine.device)}:
+        for chosen in ("fp32", "auto"):
             for checkpoint in CHECKPOINTS:
-                engine.generator(checkpoint, dtype)
+                engine.generator_for(LipSyncOptions(checkpoint=checkpoint, precision=chosen))
+        for dtype in {torch.float32, precision.resolve("auto", engine.device)}:
             engine.detector(dtype)
             evaluator.syncnet_for(dtype)
             evaluator.detector_for(dtype)

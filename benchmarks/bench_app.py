@@ -60,7 +60,7 @@ def _plant(boxes: np.ndarray, random_scores: bool) -> dict:
     models = app.Models.shared()
     engine = models.engine()
     dtype = engine.dtype(LipSyncOptions())
-    engine.generator(LipSyncOptions().checkpoint, dtype)
+    engine.generator_for(LipSyncOptions())
     planted = {"lipsync": PlantedDetector(engine.detector(dtype), boxes, random_scores=random_scores)}
     engine.detector = lambda *_: planted["lipsync"]  # the instance attribute shadows the method
 

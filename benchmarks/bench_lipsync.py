@@ -65,7 +65,7 @@ def child(spec: dict, result_path: str) -> None:
         detection = "fast" if spec["mode"] == "still" else spec["mode"]
         options = LipSyncOptions(detection=detection, cache_detections=False, **chosen)
     dtype = engine.dtype(options)
-    engine.generator(options.checkpoint, dtype)
+    engine.generator_for(options)
     planted = None
     if spec["mode"] != "box":
         real = engine.detector(dtype)

@@ -202,7 +202,7 @@ def speed(device: str, weights: Path, clips: Path, seconds: list[int]) -> list[d
     evaluator = SyncNetEvaluator(weights, device=device)
     options = LipSyncOptions(cache_detections=False)
     dtype = engine.dtype(options)
-    engine.generator(options.checkpoint, dtype)  # models load once, as a Space does at start-up
+    engine.generator_for(options)  # models load once, as a Space does at start-up
     for length in seconds:
         clip, boxes = ensure_clip(length, clips)
         # random_scores: the real detectors are used unplanted again below, so no hook goes on their networks

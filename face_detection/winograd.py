@@ -94,51 +94,80 @@ def transform_kernel(weight: torch.Tensor, block: int = DEFAULT_BLOCK) -> torch.
     return out
 
 
-def conv3x3(x: torch.Tensor, kernel: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+def conv3x3(x: torch.Tensor, kernel: torch.Tensor, bias: torch.Tensor | None = None, *,
+            max_tile_bytes: int | None = None) -> torch.Tensor:
     """``F.conv2d(x, weight, bias, padding=1)`` for a 3x3, stride-1 kernel given as ``transform_kernel(weight, m)``.
 
-    ``x``: (B, Cin, H, W); the result is (B, Cout, H, W) with channels-last strides.
+    ``x``: (B, Cin, H, W); the result is (B, Cout, H, W) with channels-last strides. The temporaries are
+    several times the input; ``max_tile_bytes`` bounds them: the batch is then worked on a few images at a
+    time so that each part's Winograd-domain tiles take about that much (at least one image). None: the
+    whole batch at once, a few percent faster for small images (S3FD on 320x180 frames, 8 at a time).
     """
     batch, channels, height, width = x.shape
     size = round(kernel.shape[0] ** 0.5)
     block = size - 2
     if kernel.dim() != 3 or size * size != kernel.shape[0] or kernel.shape[1] != channels or block < 1:
         raise ValueError(f"kernel {tuple(kernel.shape)} does not fit an input with {channels} channels")
-    a_t, _, b_t = (t.to(device=x.device, dtype=x.dtype) for t in transform_matrices(block))
+    matrices = tuple(t.to(device=x.device, dtype=x.dtype) for t in transform_matrices(block))
+    tiles_per_image = size * size * -(-height // block) * -(-width // block)
+    per_image = tiles_per_image * max(channels, kernel.shape[2]) * x.element_size()
+    step = batch if max_tile_bytes is None else max(1, max_tile_bytes // per_image)
+    if step >= batch:
+        return _conv3x3_nhwc(x, kernel, bias, matrices).permute(0, 3, 1, 2)
+    out = x.new_empty(batch, height, width, kernel.shape[2])
+    for start in range(0, batch, step):
+        out[start:start + step] = _conv3x3_nhwc(x[start:start + step], kernel, bias, matrices)
+    return out.permute(0, 3, 1, 2)
+
+
+def _conv3x3_nhwc(x: torch.Tensor, kernel: torch.Tensor, bias: torch.Tensor | None,
+                  matrices: tuple[torch.Tensor, torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    """:func:`conv3x3` of the whole of ``x`` at once, as a (B, H, W, Cout) contiguous tensor."""
+    batch, channels, height, width = x.shape
+    a_t, _, b_t = matrices
+    size = b_t.shape[0]
+    block = size - 2
     rows, cols = -(-height // block), -(-width // block)
     # NHWC, padded by 1 on top/left and on bottom/right up to whole tiles
     padded = F.pad(x.permute(0, 2, 3, 1), (0, 0, 1, block * cols + 1 - width, 1, block * rows + 1 - height))
-    # input transform B^T d B: gather each tile's rows, transform them, then the same for columns
+    # input transform B^T d B: gather each tile's rows, transform them, then the same for columns; each
+    # stage's input is dropped as soon as the next exists, so that two stages are alive at a time, not all
     tile_rows = torch.stack([padded[:, k:k + block * rows:block] for k in range(size)])  # (size, B, rows, W', C)
+    del padded
     tile_rows = (b_t @ tile_rows.view(size, -1)).view(tile_rows.shape)
     tiles = torch.stack([tile_rows[:, :, :, j:j + block * cols:block] for j in range(size)])  # (col, row, B, r, c, C)
+    del tile_rows
     tiles = (b_t @ tiles.view(size, -1)).view(size * size, batch * rows * cols, channels)
     products = torch.bmm(tiles, kernel)  # (size^2, tiles, Cout)
+    del tiles
     out_channels = products.shape[-1]
     if bias is not None:
         # column 1 of A^T is all ones (the point 1), so component (1, 1) reaches every output once
         products[size + 1] += bias
     # output transform A^T m A: rows, then columns
     half = torch.matmul(a_t, products.view(size, size, -1))  # (col, out row, N)
+    del products
     out = (a_t @ half.view(size, -1)).view(block, block, batch, rows, cols, out_channels)  # (out col, out row, ...)
     out = out.permute(2, 3, 1, 4, 0, 5).reshape(batch, rows * block, cols * block, out_channels)
-    return out[:, :height, :width].contiguous().permute(0, 3, 1, 2)
+    return out[:, :height, :width].contiguous()
 
 
 class WinogradConv2d(nn.Module):
-    """Inference-only stand-in for a 3x3, stride-1, padding-1 ``nn.Conv2d``, built from it (weights copied)."""
+    """Inference-only stand-in for a 3x3, stride-1, padding-1 ``nn.Conv2d``, built from it (weights copied);
+    ``max_tile_bytes`` as in :func:`conv3x3`."""
 
-    def __init__(self, conv: nn.Conv2d, block: int = DEFAULT_BLOCK) -> None:
+    def __init__(self, conv: nn.Conv2d, block: int = DEFAULT_BLOCK, *, max_tile_bytes: int | None = None) -> None:
         super().__init__()
         if not is_eligible(conv):
             raise ValueError(f"not a 3x3 stride-1 padding-1 undilated ungrouped convolution: {conv}")
         self.in_channels, self.out_channels, self.block = conv.in_channels, conv.out_channels, block
+        self.max_tile_bytes = max_tile_bytes
         self.register_buffer("kernel", transform_kernel(conv.weight.detach(), block), persistent=False)
         bias = None if conv.bias is None else conv.bias.detach().clone()
         self.register_buffer("bias", bias, persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return conv3x3(x, self.kernel, self.bias)
+        return conv3x3(x, self.kernel, self.bias, max_tile_bytes=self.max_tile_bytes)
 
     def extra_repr(self) -> str:
         return f"{self.in_channels}, {self.out_channels}, F({self.block}x{self.block}, 3x3)"

@@ -60,7 +60,7 @@ class LipSyncWorker:
 
         self.options = spec.options
         self.engine = LipSync(weights_dir=spec.weights_dir, device=spec.device)
-        self.engine.generator(spec.options.checkpoint)  # load now: once per worker, and a missing file stops the run
+        self.engine.generator_for(spec.options)  # load now: once per worker, and a missing file stops the run
         checkpoints = {"generator": weights.resolve(spec.options.checkpoint, weights_dir=spec.weights_dir)}
         if spec.options.box is None:
             self.engine.detector()

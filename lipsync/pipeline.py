@@ -351,7 +351,7 @@ class LipSync:
             log.warning("running on the CPU: expect about 13-20 frames/s for the generator on 2 cores in float32")
         # decode ahead and encode behind in threads (FFmpeg releases the GIL), beside the networks
         self.overlap = True
-        self._generators: dict[tuple[str, torch.dtype], torch.nn.Module] = {}
+        self._generators: dict[tuple[str, torch.dtype, bool], torch.nn.Module] = {}
         self._detectors: dict[torch.dtype, FaceDetector] = {}
         self._lock = threading.Lock()
 
@@ -359,12 +359,24 @@ class LipSync:
         """What the networks compute in for these options on this engine's device (lipsync.precision)."""
         return precision.resolve(options.precision, self.device)
 
-    def generator(self, checkpoint: str, dtype: torch.dtype = torch.float32) -> torch.nn.Module:
+    def winograd(self, options: LipSyncOptions) -> bool:
+        """Whether the generator runs its deep 3x3 convolutions as Winograd ones (lipsync.fused.WINOGRAD_BLOCKS):
+        when asked for speed (precision auto) and that means float32 on a CPU. Explicit fp32 stays exact."""
+        return (options.precision == "auto" and torch.device(self.device).type == "cpu"
+                and self.dtype(options) == torch.float32)
+
+    def generator(self, checkpoint: str, dtype: torch.dtype = torch.float32, *,
+                  winograd: bool = False) -> torch.nn.Module:
         with self._lock:
-            if (checkpoint, dtype) not in self._generators:
-                self._generators[checkpoint, dtype] = load_folded_wav2lip(
-                    checkpoint, device=self.device, dtype=dtype, weights_dir=self.weights_dir)
-            return self._generators[checkpoint, dtype]
+            key = (checkpoint, dtype, winograd)
+            if key not in self._generators:
+                self._generators[key] = load_folded_wav2lip(
+                    checkpoint, device=self.device, dtype=dtype, weights_dir=self.weights_dir, winograd=winograd)
+            return self._generators[key]
+
+    def generator_for(self, options: LipSyncOptions) -> torch.nn.Module:
+        """The generator these options run (their checkpoint, precision and Winograd choice), loaded once."""
+        return self.generator(options.checkpoint, self.dtype(options), winograd=self.winograd(options))
 
     def detector(self, dtype: torch.dtype = torch.float32) -> FaceDetector:
         """The S3FD detector for ``dtype``, loaded once, for both detection presets.
@@ -455,7 +467,7 @@ class LipSync:
     def render(self, plan: Plan, output: Path, *, segments: Segments | None = None,
                should_stop: Callable[[], bool] | None = None) -> LipSyncResult:
         """Generate, paste and encode every output frame; the partial file is removed on failure."""
-        model = self.generator(plan.options.checkpoint, self.dtype(plan.options))
+        model = self.generator_for(plan.options)
         face, watch = plan.face, plan.watch
         no_face = np.zeros(plan.n_out, bool)
         per_batch = max(1, min(plan.options.wav2lip_batch_size, FRAME_BUFFER_BYTES // (face.height * face.width * 3)))
@@ -564,7 +576,7 @@ class LipSync:
         # a plan of one input frame: output frame i shows it, and the run's own batch code paints it
         plan = Plan(frames, options, speech, 1, FaceBoxes(1, options, frame_hw, watch, fixed=boxes), watch, weights)
         batch = [frame]
-        self._lip_sync_batch(self.generator(options.checkpoint, self.dtype(options)), plan, batch, range(i, i + 1))
+        self._lip_sync_batch(self.generator_for(options), plan, batch, range(i, i + 1))
         out = batch[0]  # our own array either way: the frame was decoded (or copied) for this call
         x1, y1, x2, y2 = (int(v) for v in boxes[0])
         for k in range(PREVIEW_BOX_THICKNESS):  # 1-px outlines inward: nothing outside the box changes

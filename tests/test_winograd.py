@@ -49,6 +49,22 @@ def test_conv3x3_accepts_channels_last_and_contiguous_inputs():
     torch.testing.assert_close(a, ref, rtol=0, atol=1e-5 * float(ref.abs().max()))
 
 
+@pytest.mark.parametrize("max_tile_bytes", [1, 5000, 20000])
+def test_conv3x3_in_parts_of_the_batch_gives_the_same_result(max_tile_bytes):
+    # one image's tiles here: 36 components x 3 x 3 tiles x 7 channels x 4 bytes = 9072 bytes, so the
+    # parts are 1 (1 and 5000 bytes) or 2 images (20000); the whole batch of 5 in one go is the reference
+    gen = torch.Generator().manual_seed(7)
+    x = torch.randn(5, 6, 11, 9, generator=gen)
+    w, b = torch.randn(7, 6, 3, 3, generator=gen), torch.randn(7, generator=gen)
+    kernel = transform_kernel(w, 4)
+    whole = conv3x3(x, kernel, b, max_tile_bytes=None)
+    parts = conv3x3(x, kernel, b, max_tile_bytes=max_tile_bytes)
+    assert parts.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(parts, whole, rtol=0, atol=1e-6 * float(whole.abs().max()))
+    ref = F.conv2d(x, w, b, padding=1)
+    torch.testing.assert_close(parts, ref, rtol=0, atol=1e-5 * float(ref.abs().max()))
+
+
 def test_module_and_eligibility():
     conv = torch.nn.Conv2d(4, 6, 3, padding=1)
     module = WinogradConv2d(conv)
