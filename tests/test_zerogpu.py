@@ -154,7 +154,13 @@ def test_preload_loads_both_checkpoints_and_every_network(weights_dir):
     models = app_module.Models(weights_dir=str(weights_dir), device="cpu")
     models.preload()
     engine, evaluator = models.engine(), models.evaluator()
-    assert {name for name, _ in engine._generators} == set(app_module.CHECKPOINTS)
+    assert {key[0] for key in engine._generators} == set(app_module.CHECKPOINTS)
+    loaded = dict(engine._generators)
+    for chosen in ("fp32", "auto"):  # what a request asks for is already there: nothing new is loaded
+        for checkpoint in app_module.CHECKPOINTS:
+            options = app_module.LipSyncOptions(checkpoint=checkpoint, precision=chosen)
+            assert any(engine.generator_for(options) is model for model in loaded.values())
+    assert engine._generators == loaded
     assert engine._detectors and evaluator.syncnets and evaluator.detectors
 
 
