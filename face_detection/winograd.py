@@ -113,8 +113,8 @@ def conv3x3(x: torch.Tensor, kernel: torch.Tensor, bias: torch.Tensor | None = N
     per_image = tiles_per_image * max(channels, kernel.shape[2]) * x.element_size()
     step = batch if max_tile_bytes is None else max(1, max_tile_bytes // per_image)
     if step >= batch:
-        return _conv3x3_nhwc(x, kernel, bias, matrices).permute(0, 3, 1, 2)
-    out = x.new_empty(batch, height, width, kernel.shape[2])
+        return _conv3x3_nhwc(x, kernel, bias, matrices).contiguous().permute(0, 3, 1, 2)
+    out = x.new_empty(batch, height, width, kernel.shape[2])  # each part is copied straight into its place
     for start in range(0, batch, step):
         out[start:start + step] = _conv3x3_nhwc(x[start:start + step], kernel, bias, matrices)
     return out.permute(0, 3, 1, 2)
@@ -122,7 +122,8 @@ def conv3x3(x: torch.Tensor, kernel: torch.Tensor, bias: torch.Tensor | None = N
 
 def _conv3x3_nhwc(x: torch.Tensor, kernel: torch.Tensor, bias: torch.Tensor | None,
                   matrices: tuple[torch.Tensor, torch.Tensor, torch.Tensor]) -> torch.Tensor:
-    """:func:`conv3x3` of the whole of ``x`` at once, as a (B, H, W, Cout) contiguous tensor."""
+    """:func:`conv3x3` of the whole of ``x`` at once, as a (B, H, W, Cout) view: the blocks' rows and
+    columns past H and W are cut off, not yet copied away."""
     batch, channels, height, width = x.shape
     a_t, _, b_t = matrices
     size = b_t.shape[0]
@@ -149,7 +150,7 @@ def _conv3x3_nhwc(x: torch.Tensor, kernel: torch.Tensor, bias: torch.Tensor | No
     del products
     out = (a_t @ half.view(size, -1)).view(block, block, batch, rows, cols, out_channels)  # (out col, out row, ...)
     out = out.permute(2, 3, 1, 4, 0, 5).reshape(batch, rows * block, cols * block, out_channels)
-    return out[:, :height, :width].contiguous()
+    return out[:, :height, :width]
 
 
 class WinogradConv2d(nn.Module):
