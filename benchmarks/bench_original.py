@@ -245,7 +245,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--ours-lipsync", nargs="*", default=["fast", "original"], choices=["fast", "original"],
                         help="our detection presets beside inference.py's defaults (default fast original)")
     parser.add_argument("--ours-scoring", nargs="*", default=["reference", "fast"],
-                        choices=["reference", "fast", "fast-direct"],
+                        choices=["reference", "fast", "fast-at-scale", "fast-direct"],
                         help="our evaluator presets beside run_pipeline + run_syncnet (default reference fast)")
     parser.add_argument("--fast-every", type=int, default=5, help="detect_every of our fast scoring (default 5)")
     parser.add_argument("--logs", type=Path, default=DEFAULT_CACHE / "original-logs",

@@ -44,10 +44,12 @@ class EvalOptions:
         "detection; the reference is 1.", "Detect faces every k frames", minimum=1, maximum=MAX_MISSED_FRAMES,
         group="main")
     detect_at_face_size: bool = option(
-        False, "Once a key frame has faces, shrink later key frames to the size those faces allow (32 px on "
-        "their shorter side; a key frame that loses a face there is detected again at the detector scale): "
-        "faster detection, boxes within a pixel or two; the reference is off.", "Detect at the faces' size",
-        group="more", advanced=True)
+        True, "With detect_every above 1: once a key frame has faces, shrink later key frames to the size those "
+        "faces allow (32 px on their shorter side; a key frame that loses a face there is detected again at the "
+        "detector scale): faster detection, boxes within a pixel or two. With detect_every 1 (the reference) "
+        "every frame is detected at the detector scale.", "Detect at the faces' size (with k above 1)",
+        negate="--no-detect-at-face-size", negate_help="With detect_every above 1, detect every key frame at "
+        "the detector scale too.", group="more", advanced=True)
     facedet_scale: float = option(FACEDET_SCALE, "Scale of the frames the face detector sees (the reference's "
                                   "0.25).", "Detector scale", minimum=0.01, maximum=1, group="more", advanced=True)
     jpeg_roundtrip: bool = option(

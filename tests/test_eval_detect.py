@@ -32,7 +32,8 @@ def _key_boxes(dets: list[np.ndarray], every: int) -> np.ndarray:
 def test_key_frames_at_the_faces_size_find_the_same_boxes(face_image_bgr, side, shrinks):
     n, every = 41, 5
     at_scale, at_face = ScaledBlobDetector(), ScaledBlobDetector()
-    ref, _ = detect_pass(clip(face_image_bgr, side, n), at_scale, EvalOptions(detect_every=every), progress=False)
+    ref, _ = detect_pass(clip(face_image_bgr, side, n), at_scale,
+                         EvalOptions(detect_every=every, detect_at_face_size=False), progress=False)
     dets, _ = detect_pass(clip(face_image_bgr, side, n), at_face,
                           EvalOptions(detect_every=every, detect_at_face_size=True), progress=False)
 
@@ -76,3 +77,12 @@ def test_key_frames_wait_for_a_batch_once_the_size_is_known(face_image_bgr):
                 EvalOptions(detect_every=every, detect_at_face_size=True, detect_batch_size=4), progress=False)
     # key frames 0, 5 and 10 have no face (one call each); 15 sets the size; the rest go 4 at a time
     assert calls[:4] == [1, 1, 1, 1] and max(calls) == 4 and len(calls) < 13
+
+
+def test_by_default_key_frames_shrink_only_when_not_every_frame_is_detected(face_image_bgr):
+    """``detect_at_face_size`` is on by default, but the reference's every frame stays at the detector scale."""
+    every_frame, every_fifth = ScaledBlobDetector(), ScaledBlobDetector()
+    dets, _ = detect_pass(clip(face_image_bgr, 300, 12), every_frame, EvalOptions(), progress=False)
+    assert set(every_frame.sizes) == {(180, 320)} and all(len(d) == 1 for d in dets)
+    detect_pass(clip(face_image_bgr, 300, 41), every_fifth, EvalOptions(detect_every=5), progress=False)
+    assert every_fifth.sizes[0] == (180, 320) and max(h for h, _ in every_fifth.sizes[1:]) < 180
