@@ -167,17 +167,19 @@ def test_winograd_matches_golden_and_the_direct_generator(folded, winograd, gold
     assert diff.max() <= 1 and (diff > 0).mean() <= 1e-4, (diff.max(), (diff > 0).mean())
 
 
-@pytest.mark.parametrize("native_bf16, chosen, expected", [
-    (False, "auto", True),   # auto means fp32 here: the fast float32 layers
-    (False, "fp32", False),  # asked for fp32: the published model's numbers, exactly
-    (True, "auto", False),   # auto means bf16: oneDNN's own kernels
+@pytest.mark.parametrize("native_bf16, chosen, detection, expected", [
+    (False, "auto", "fast", True),       # auto means fp32 here: the fast float32 layers
+    (False, "fp32", "fast", False),      # asked for fp32: the published model's numbers, exactly
+    (True, "auto", "fast", False),       # auto means bf16: oneDNN's own kernels
+    (False, "auto", "original", False),  # full-frame detection dominates: keep the memory instead
 ])
-def test_the_engine_runs_winograd_only_when_auto_means_fp32(monkeypatch, weights_dir, native_bf16, chosen, expected):
+def test_the_engine_runs_winograd_only_when_auto_means_fp32(monkeypatch, weights_dir, native_bf16, chosen,
+                                                            detection, expected):
     from lipsync.pipeline import LipSync
 
     monkeypatch.setattr(precision, "native_bf16", lambda: native_bf16)
     engine = LipSync(weights_dir=weights_dir, device="cpu")
-    options = LipSyncOptions(precision=chosen)
+    options = LipSyncOptions(precision=chosen, detection=detection)
     assert engine.winograd(options) is expected
     if not native_bf16:  # loading the bf16 model is covered elsewhere
         net = engine.generator_for(options)
