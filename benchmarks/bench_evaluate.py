@@ -78,7 +78,7 @@ def child(spec: dict, result_path: str) -> None:
         "mode": spec["mode"], "seconds": spec["seconds"], "n_frames": result.n_frames, "e2e_s": e2e,
         "load_s": load_s, "timings": result.timings, "peak_rss_mb": peak_rss_mb(), "rss_after_load_mb": rss_loaded,
         "options": {"detect_every": options.detect_every, "jpeg_roundtrip": options.jpeg_roundtrip,
-                    "detect_at_face_size": options.detect_at_face_size},
+                    "face_sized_key_frames": options.face_sized_key_frames},
         "tracks": [{"first": t.first_frame, "last": t.last_frame, "windows": t.n_windows} for t in result.tracks],
         "lse_d": result.lse_d, "lse_c": result.lse_c, "offset": result.offset, "messages": result.messages,
         "threads": torch.get_num_threads(),

@@ -75,3 +75,9 @@ class EvalOptions:
 
     def __post_init__(self) -> None:
         check_bounds(self)
+
+    @property
+    def face_sized_key_frames(self) -> bool:
+        """Whether key frames after the first with faces are detected at the faces' size: only when not
+        every frame is detected (``detect_every`` above 1), the reference's every frame never is."""
+        return self.detect_at_face_size and self.detect_every > 1

@@ -44,8 +44,8 @@ def detect_pass(frames: Iterable[np.ndarray], detector: FaceDetector, options: E
                 total: int | None = None, progress: bool = True) -> tuple[list[np.ndarray], list[float]]:
     """Faces on every ``detect_every``-th frame (and the last) and the scene-change score of every frame.
 
-    With ``detect_at_face_size`` and ``detect_every`` above 1, key frames after the first with faces are
-    shrunk further, as far as its faces allow (``lipsync.detect.face_sized_reduction``); one that lost a face there
+    With ``options.face_sized_key_frames``, key frames after the first with faces are shrunk further, as
+    far as its faces allow (``lipsync.detect.face_sized_reduction``); one that lost a face there
     (``lipsync.detect.lost_faces``) is detected again at ``facedet_scale``.
     """
     empty = np.zeros((0, 5), np.float32)
@@ -53,9 +53,8 @@ def detect_pass(frames: Iterable[np.ndarray], detector: FaceDetector, options: E
     scene_scores: list[float] = []
     pending: list[tuple[int, np.ndarray]] = []
     scorer: scenes.ContentScorer | None = None
-    # the key frames' further shrink: 1 for the reference's every frame or without detect_at_face_size,
-    # None until a key frame has faces
-    reduce: float | None = None if options.detect_at_face_size and options.detect_every > 1 else 1.0
+    # the key frames' further shrink: 1 without face-sized key frames, None until a key frame has faces
+    reduce: float | None = None if options.face_sized_key_frames else 1.0
     before = 0  # faces on the key frame before the pending ones
 
     def flush() -> None:

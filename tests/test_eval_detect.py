@@ -82,6 +82,7 @@ def test_key_frames_wait_for_a_batch_once_the_size_is_known(face_image_bgr):
 def test_by_default_key_frames_shrink_only_when_not_every_frame_is_detected(face_image_bgr):
     """``detect_at_face_size`` is on by default, but the reference's every frame stays at the detector scale."""
     every_frame, every_fifth = ScaledBlobDetector(), ScaledBlobDetector()
+    assert not EvalOptions().face_sized_key_frames and EvalOptions(detect_every=5).face_sized_key_frames
     dets, _ = detect_pass(clip(face_image_bgr, 300, 12), every_frame, EvalOptions(), progress=False)
     assert set(every_frame.sizes) == {(180, 320)} and all(len(d) == 1 for d in dets)
     detect_pass(clip(face_image_bgr, 300, 41), every_fifth, EvalOptions(detect_every=5), progress=False)
