@@ -349,7 +349,7 @@ class LipSync:
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         if self.device == "cpu":
             log.warning("running on the CPU: expect about 13-20 frames/s for the generator on 2 cores in float32, "
-                        "30-45 in bf16 (precision auto picks it where the CPU has native bf16)")
+                        "33-46 in bf16 (precision auto picks it where the CPU has native bf16)")
         # decode ahead and encode behind in threads (FFmpeg releases the GIL), beside the networks
         self.overlap = True
         self._generators: dict[tuple[str, torch.dtype, bool], torch.nn.Module] = {}
