@@ -16,6 +16,7 @@ import torch
 
 from face_detection import s3fd, sfd_face
 from face_detection.batching import in_batches
+from face_detection.cores import across_cores, workers_for
 from face_detection.postprocess import s3fd_detections, sfd_face_detections, ssd_priors
 from face_detection.s3fd import S3FD
 from face_detection.sfd_face import SFDFace
@@ -140,7 +141,8 @@ class FaceDetector:
         ``frames``: BGR uint8 (H, W, 3) frames of one size, or a (B, H, W, 3) array. ``scale`` != 1
         resizes them (cv2 INTER_LINEAR) before the net; boxes are mapped back to the full frames.
         Frames whose net input would be under ``min_side`` on a side have no detections.
-        ``batch_size`` overrides the detector's for this call.
+        ``batch_size`` overrides the detector's for this call. On CPU the batches run on all cores at
+        once, one batch a core (:mod:`face_detection.cores`).
         """
         if len(frames) == 0:
             return []
@@ -163,6 +165,14 @@ class FaceDetector:
         elif self.device.type == "cuda":
             size = max(1, min(size, self._frames_that_fit(net_h * net_w)))
         results: list[np.ndarray] = []
+        if self.device.type == "cpu" and workers_for(-(-len(frames) // size)) > 1:
+            parts = [frames[start:start + size] for start in range(0, len(frames), size)]
+            try:
+                for found in across_cores(lambda part: self._detect_batch(part, (height, width)), parts):
+                    results.extend(found)
+                return results
+            except torch.OutOfMemoryError:  # the batches one after another, halved where they must be
+                results.clear()
 
         def run(start: int, stop: int) -> None:
             results.extend(self._detect_batch(frames[start:stop], (height, width)))
