@@ -1,4 +1,4 @@
-"""SyncNet for inference: both towers with their batch norms folded in, the lip tower as 2-D layers.
+"""SyncNet for inference: both towers with their batch norms folded in and channels-last, the lip tower as 2-D layers.
 
 The lip tower's first Conv3d spans all 5 frames of a window (time kernel 5, no time padding), so its
 output has one time step and every later layer is 2-D in all but name. As 2-D layers on channels-last
@@ -94,12 +94,14 @@ class FusedSyncNet(nn.Module):
         device = next(model.parameters()).device
         self.lip_cnn = fold_tower(model.netcnnlip, WINDOW_FRAMES).to(device).eval()
         self.lip_cnn.to(memory_format=torch.channels_last)
-        self.aud_cnn = fold_tower(model.netcnnaud).to(device).eval()
+        # channels-last too: batches of 20 MFCC windows on a 2-core Zen 4 EPYC went from 2.72 to 2.22 ms
+        # a window in float32, 1.56 to 1.15 in bfloat16
+        self.aud_cnn = fold_tower(model.netcnnaud).to(device).eval().to(memory_format=torch.channels_last)
         self.lip_fc, self.aud_fc = model.netfclip, model.netfcaud
 
     def forward_aud(self, mfcc: torch.Tensor) -> torch.Tensor:
         """(B,1,13,20) float MFCC -> (B,1024), as :meth:`SyncNet.forward_aud`."""
-        return self.aud_fc(self.aud_cnn(mfcc).flatten(1))
+        return self.aud_fc(self.aud_cnn(mfcc.contiguous(memory_format=torch.channels_last)).flatten(1))
 
     def forward_lip(self, frames: torch.Tensor) -> torch.Tensor:
         """(B,3,5,224,224) float BGR 0..255 -> (B,1024), as :meth:`SyncNet.forward_lip`."""
