@@ -20,7 +20,7 @@ from face_detection.cores import across_cores, workers_for
 from face_detection.postprocess import s3fd_detections, sfd_face_detections, ssd_priors
 from face_detection.s3fd import S3FD
 from face_detection.sfd_face import SFDFace
-from face_detection.winograd import use_winograd
+from face_detection.winograd import MIN_FUSED_CHANNELS, use_winograd
 
 Variant = Literal["s3fd", "sfd_face"]
 
@@ -128,7 +128,7 @@ class FaceDetector:
             if isinstance(net, S3FD):
                 net.strip_values = CPU_STRIP_VALUES
             if winograd and runs_winograd(self.device, dtype):
-                use_winograd(net, block=winograd)
+                use_winograd(net, block=winograd, min_fused=MIN_FUSED_CHANNELS)
         self.net = net
         self.batch_size = batch_size
         self.dtype = dtype

@@ -11,7 +11,7 @@ from face_detection.boxes import wav2lip_rect
 from face_detection.detector import MIN_SIDE, FaceDetector, pooled_side
 from face_detection.s3fd import S3FD
 from face_detection.sfd_face import SFDFace, SFDOutput
-from face_detection.winograd import WinogradConv2d, use_winograd
+from face_detection.winograd import MIN_FUSED_CHANNELS, WinogradConv2d, runs_fused, use_winograd
 from tests.weightgen import golden_state_dict, manifest_entries
 
 HEAD_NAMES = [f"{kind}{level}" for level in range(1, 7) for kind in ("cls", "reg")]
@@ -27,20 +27,49 @@ def sfd_sd() -> dict[str, torch.Tensor]:
     return golden_state_dict("sfd_face.json")
 
 
+class _OneThread(torch.nn.Module):
+    """The net on one torch thread, as the detectors' per-core workers run it (the compiled Winograd
+    tile transforms, and the first layers as Winograd convolutions too)."""
+
+    def __init__(self, net: torch.nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def _one_thread(self, fn, x):
+        before = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            assert runs_fused(x.float(), 4)
+            return fn(x)
+        finally:
+            torch.set_num_threads(before)
+
+    def forward(self, x):
+        return self._one_thread(self.net, x)
+
+    def detect(self, x):
+        return self._one_thread(self.net.detect, x)
+
+
 def _as_run(net: torch.nn.Module, how: str) -> torch.nn.Module:
-    """``direct``: the net as loaded; ``winograd``: as FaceDetector runs it on CPU (channels-last, Winograd)."""
+    """``direct``: the net as loaded; ``winograd``: as FaceDetector runs it on CPU (channels-last, Winograd);
+    ``one thread``: that on one torch thread, as the per-core workers run it."""
     if how == "winograd":
         net = net.to(memory_format=torch.channels_last)
         assert use_winograd(net) == 9
+    if how == "one thread":
+        net = net.to(memory_format=torch.channels_last)
+        assert use_winograd(net, min_fused=MIN_FUSED_CHANNELS) == 12
+        net = _OneThread(net)
     return net
 
 
-@pytest.fixture(scope="module", params=["direct", "winograd"])
+@pytest.fixture(scope="module", params=["direct", "winograd", "one thread"])
 def s3fd_net(request, s3fd_sd) -> S3FD:
     return _as_run(S3FD.from_state_dict(s3fd_sd), request.param)
 
 
-@pytest.fixture(scope="module", params=["direct", "winograd"])
+@pytest.fixture(scope="module", params=["direct", "winograd", "one thread"])
 def sfd_net(request, sfd_sd) -> SFDFace:
     return _as_run(SFDFace.from_state_dict(sfd_sd), request.param)
 
@@ -309,12 +338,13 @@ def test_detector_halves_batch_on_out_of_memory_on_all_cores(s3fd_sd):
 
 
 def test_detector_winograd_option(s3fd_sd):
-    def blocks(det: FaceDetector) -> list[int]:
-        return [m.block for m in det.net.modules() if isinstance(m, WinogradConv2d)]
+    def blocks(det: FaceDetector) -> list[tuple[int, bool]]:
+        return [(m.block, m.fused_only) for m in det.net.modules() if isinstance(m, WinogradConv2d)]
 
     assert blocks(FaceDetector(s3fd_sd)) == []  # direct convolutions unless asked, as load_detector
-    assert blocks(FaceDetector(s3fd_sd, winograd=4)) == [4] * 9
-    assert blocks(FaceDetector(s3fd_sd, winograd=2)) == [2] * 9
+    # conv1_2, conv2_1 and conv2_2 only where the compiled tile transforms run, then the 9 wide layers
+    assert blocks(FaceDetector(s3fd_sd, winograd=4)) == [(4, True)] * 3 + [(4, False)] * 9
+    assert blocks(FaceDetector(s3fd_sd, winograd=2)) == [(2, False)] * 9
 
 
 def test_detector_errors(s3fd_sd, sfd_sd):

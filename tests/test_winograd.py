@@ -10,7 +10,14 @@ import torch.nn.functional as F
 
 from face_detection.s3fd import S3FD
 from face_detection.sfd_face import SFDFace
-from face_detection.winograd import WinogradConv2d, conv3x3, transform_kernel, transform_matrices, use_winograd
+from face_detection.winograd import (
+    WinogradConv2d,
+    conv3x3,
+    runs_fused,
+    transform_kernel,
+    transform_matrices,
+    use_winograd,
+)
 from tests.weightgen import golden_state_dict
 
 
@@ -91,3 +98,84 @@ def test_use_winograd_converts_the_wide_vgg_layers(net_cls, manifest):
     assert converted == len(wino) == 9
     assert sorted((m.in_channels, m.out_channels) for m in wino) == sorted(
         [(128, 256), (256, 256), (256, 256), (256, 512)] + [(512, 512)] * 5)
+
+
+@pytest.fixture
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize(("batch", "cin", "cout", "height", "width"),
+                         [(1, 8, 16, 6, 10), (2, 5, 3, 7, 9), (3, 4, 4, 1, 1), (1, 16, 8, 2, 13), (2, 3, 7, 11, 4),
+                          (1, 64, 64, 18, 32)])
+@pytest.mark.parametrize("with_bias", [True, False])
+def test_compiled_tile_transforms_equal_direct_convolution(one_thread, batch, cin, cout, height, width, with_bias):
+    gen = torch.Generator().manual_seed(batch * 100 + cin + height)
+    x = torch.randn(batch, cin, height, width, generator=gen)
+    w = torch.randn(cout, cin, 3, 3, generator=gen)
+    b = torch.randn(cout, generator=gen) if with_bias else None
+    assert runs_fused(x, 4) and not runs_fused(x, 2) and not runs_fused(x.double(), 4)
+    ref = F.conv2d(x.double(), w.double(), None if b is None else b.double(), padding=1)
+    out = conv3x3(x, transform_kernel(w, 4), b)
+    assert out.shape == ref.shape and out.is_contiguous(memory_format=torch.channels_last)
+    np.testing.assert_allclose(out.double().numpy(), ref.numpy(), rtol=0, atol=1e-5 * float(ref.abs().max()))
+    torch.set_num_threads(2)  # the torch transforms: the same convolution to float32 rounding
+    np.testing.assert_allclose(conv3x3(x, transform_kernel(w, 4), b).numpy(), out.numpy(), rtol=0,
+                               atol=1e-5 * float(ref.abs().max()))
+
+
+@pytest.mark.parametrize(("strip_bytes", "firsts"), [(2 << 20, [0]), (6048, [0, 1, 2]), (12096, [0, 2])])
+def test_compiled_tile_transforms_in_parts_and_strips(one_thread, monkeypatch, strip_bytes, firsts):
+    from face_detection import winograd, winograd_kernels
+
+    # 11x21 maps: 3 x 6 tiles; a tile row of 7 channels is 36 x 6 x 7 x 4 = 6048 bytes, as much as the
+    # kernel, so the strips are the whole map, one tile row, or two and then one
+    monkeypatch.setattr(winograd, "FUSED_STRIP_BYTES", strip_bytes)
+    calls = []
+    real = winograd_kernels.input_tiles
+    monkeypatch.setattr(winograd_kernels, "input_tiles",
+                        lambda x, first, out: (calls.append(first), real(x, first, out)))
+    gen = torch.Generator().manual_seed(8)
+    x = torch.randn(5, 6, 11, 21, generator=gen)
+    w, b = torch.randn(7, 6, 3, 3, generator=gen), torch.randn(7, generator=gen)
+    out = conv3x3(x, transform_kernel(w, 4), b, max_tile_bytes=40000)  # 2 images (18144 bytes each) a part
+    assert calls == firsts * 5
+    ref = F.conv2d(x, w, b, padding=1)
+    torch.testing.assert_close(out, ref, rtol=0, atol=1e-5 * float(ref.abs().max()))
+
+
+def test_fused_only_layers_are_direct_convolutions_on_more_threads(monkeypatch):
+    from face_detection import winograd_kernels
+
+    conv = torch.nn.Conv2d(64, 64, 3, padding=1).to(memory_format=torch.channels_last)
+    module = WinogradConv2d(conv, fused_only=True)
+    x = torch.randn(1, 64, 10, 12).contiguous(memory_format=torch.channels_last)
+    calls = []
+    real = winograd_kernels.output_map
+    monkeypatch.setattr(winograd_kernels, "output_map", lambda *a: (calls.append(1), real(*a)))
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        with torch.inference_mode():
+            direct = conv(x)
+            torch.testing.assert_close(module(x), direct, rtol=0, atol=0)  # the same operation
+            assert calls == []
+            torch.set_num_threads(1)
+            torch.testing.assert_close(module(x), direct, rtol=0, atol=1e-5 * float(direct.abs().max()))
+            assert calls == [1]
+    finally:
+        torch.set_num_threads(before)
+    assert "compiled transforms only" in repr(module) and module.state_dict() == {}
+
+
+def test_use_winograd_with_the_compiled_transforms_converts_the_first_layers_too():
+    net = SFDFace.from_state_dict(golden_state_dict("sfd_face.json"))
+    assert use_winograd(net, min_fused=64) == 12
+    fused_only = sorted((m.in_channels, m.out_channels) for m in net.modules()
+                        if isinstance(m, WinogradConv2d) and m.fused_only)
+    assert fused_only == [(64, 64), (64, 128), (128, 128)]  # conv1_1 (3 channels in) stays direct
+    net = SFDFace.from_state_dict(golden_state_dict("sfd_face.json"))
+    assert use_winograd(net, block=2, min_fused=64) == 9  # the compiled transforms are F(4x4, 3x3) only
