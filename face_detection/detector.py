@@ -129,6 +129,8 @@ class FaceDetector:
                 net.strip_values = CPU_STRIP_VALUES
             if winograd and runs_winograd(self.device, dtype):
                 use_winograd(net, block=winograd, min_fused=MIN_FUSED_CHANNELS)
+        if isinstance(net, SFDFace):
+            net.use_rewrites()  # fc6 without the taps that read padding, loc and conf as one (same outputs)
         self.net = net
         self.batch_size = batch_size
         self.dtype = dtype

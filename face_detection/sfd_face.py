@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from face_detection.postprocess import ssd_detect, ssd_priors
+from face_detection.rewrites import TrimmedDilatedConv, merged_conv
 from face_detection.s3fd import L2NORM_SCALES, L2Norm, maxout_background
 
 # VGG16 conv channels per block; "M" = 2x2 max-pool, "C" = the same with ceil_mode (after conv3_3)
@@ -25,6 +26,7 @@ POOLS = tuple(item for item in _VGG_PLAN if item in ("M", "C"))  # the max-pools
 # indices into ``vgg`` after which the conv3_3 / conv4_3 features are taken (after their ReLU), and
 # where conv5_3's ReLU ends; the layer numbers are the checkpoint's ``vgg.N`` names
 _CONV3_3_END, _CONV4_3_END, _CONV5_3_END = 16, 23, 30
+_FC6 = 31  # the dilated fc6, right after conv5_3's ReLU and the last pool
 # (in, out) channels of the extra layers: 1x1 reduce, then 3x3 stride 2
 _EXTRAS = ((1024, 256, 1), (256, 512, 3), (512, 128, 1), (128, 256, 3))
 _SOURCE_CHANNELS = (256, 512, 512, 1024, 512, 256)
@@ -69,6 +71,17 @@ class SFDFace(nn.Module):
             nn.Conv2d(c, 4 if i == 0 else 2, 3, padding=1) for i, c in enumerate(_SOURCE_CHANNELS)
         )
 
+        self.merged_heads: list[nn.Conv2d] | None = None  # see use_rewrites
+
+    def use_rewrites(self) -> None:
+        """For inference, after the weights are loaded and the net is on its device, dtype and layout:
+        fc6 leaves out the taps that only read padding, and each level's loc and conf heads run as
+        one convolution (:mod:`face_detection.rewrites`; the same outputs). The net's ``state_dict()``
+        then names fc6 ``vgg.31.conv``."""
+        if not isinstance(self.vgg[_FC6], TrimmedDilatedConv):
+            self.vgg[_FC6] = TrimmedDilatedConv(self.vgg[_FC6])
+        self.merged_heads = [merged_conv([loc, conf]) for loc, conf in zip(self.loc, self.conf, strict=True)]
+
     @classmethod
     def from_state_dict(cls, state_dict: Mapping[str, torch.Tensor]) -> SFDFace:
         """Build the net and load ``state_dict`` strictly (raises on any missing/unexpected key)."""
@@ -90,10 +103,14 @@ class SFDFace(nn.Module):
 
         locs, confs = [], []
         for i, source in enumerate(sources):
-            c = self.conf[i](source)
+            if self.merged_heads is None:
+                loc, c = self.loc[i](source), self.conf[i](source)
+            else:
+                both = self.merged_heads[i](source)
+                loc, c = both[:, :4], both[:, 4:]
             if i == 0:
                 c = maxout_background(c)
-            locs.append(self.loc[i](source).permute(0, 2, 3, 1).flatten(1, 2))
+            locs.append(loc.permute(0, 2, 3, 1).flatten(1, 2))
             confs.append(c.permute(0, 2, 3, 1).flatten(1, 2))
         return SFDOutput(
             loc=torch.cat(locs, 1),

@@ -52,16 +52,17 @@ class _OneThread(torch.nn.Module):
 
 
 def _as_run(net: torch.nn.Module, how: str) -> torch.nn.Module:
-    """``direct``: the net as loaded; ``winograd``: as FaceDetector runs it on CPU (channels-last, Winograd);
-    ``one thread``: that on one torch thread, as the per-core workers run it."""
+    """``direct``: the net as loaded; ``winograd``: as FaceDetector runs it on CPU (channels-last, Winograd,
+    sfd_face's rewrites); ``one thread``: that on one torch thread, as the per-core workers run it."""
     if how == "winograd":
         net = net.to(memory_format=torch.channels_last)
         assert use_winograd(net) == 9
     if how == "one thread":
         net = net.to(memory_format=torch.channels_last)
         assert use_winograd(net, min_fused=MIN_FUSED_CHANNELS) == 12
-        net = _OneThread(net)
-    return net
+    if how != "direct" and isinstance(net, SFDFace):
+        net.use_rewrites()
+    return _OneThread(net) if how == "one thread" else net
 
 
 @pytest.fixture(scope="module", params=["direct", "winograd", "one thread"])
