@@ -34,6 +34,10 @@ DEFAULT_BATCH_SIZE = 16
 # on a 2-core AVX2 CPU with sfd_face at 320x180: 16-frame batches ~330 ms per frame, single frames
 # ~220 ms. Small frames (e.g. 160x90) still go four at a time.
 CPU_BATCH_PIXELS = 64 * 1024
+# A batch of the per-core workers (single-threaded, face_detection.cores) holds up to this many pixels:
+# two 320x180 frames. Their wide layers then read each Winograd kernel once for both (sfd_face, 2-core
+# Zen 4 EPYC: 90-98 ms a frame in batches of one, 84-87 in twos, 93 in fours).
+CPU_CORE_BATCH_PIXELS = 2 * CPU_BATCH_PIXELS
 # On a GPU a batch is capped by free memory: S3FD's widest maps are conv1's 64 channels at full size,
 # and about four of them are alive at once (input, output, ReLU, pooling), so 256 values per pixel.
 GPU_VALUES_PER_PIXEL = 64 * 4
@@ -125,8 +129,9 @@ class FaceDetector:
             # the wide 3x3 layers faster still as Winograd convolutions (same result to ~5e-6 in
             # float32; the kernel transforms would cost 16-bit formats far more than that)
             net = net.to(memory_format=torch.channels_last)
-            if isinstance(net, S3FD):
-                net.strip_values = CPU_STRIP_VALUES
+            # sfd_face too: its first two blocks in strips took 90 MB less with two workers on two
+            # 320x180 frames each (the same speed)
+            net.strip_values = CPU_STRIP_VALUES
             if winograd and runs_winograd(self.device, dtype):
                 use_winograd(net, block=winograd, min_fused=MIN_FUSED_CHANNELS)
         if isinstance(net, SFDFace):
@@ -169,8 +174,9 @@ class FaceDetector:
         results: list[np.ndarray] = []
         # small frames on all cores at once; a large one (a 720p frame in strips) gains nothing from
         # it in bfloat16 (1.62 s a frame either way) and two at once took 170 MB more
-        if self.device.type == "cpu" and net_h * net_w <= CPU_BATCH_PIXELS and workers_for(-(-len(frames) // size)) > 1:
-            parts = [frames[start:start + size] for start in range(0, len(frames), size)]
+        per_core = self._per_core_batch(batch_size or self.batch_size, len(frames), net_h * net_w)
+        if per_core:
+            parts = [frames[start:start + per_core] for start in range(0, len(frames), per_core)]
             try:
                 for found in across_cores(lambda part: self._detect_batch(part, (height, width)), parts):
                     results.extend(found)
@@ -185,6 +191,15 @@ class FaceDetector:
         if worked < min(size, len(frames)):  # halved on out-of-memory: later calls start from what fitted
             self.batch_size = min(self.batch_size, worked)
         return results
+
+    def _per_core_batch(self, size: int, n_frames: int, pixels: int) -> int | None:
+        """Frames per batch when the batches of a call run on all cores at once (face_detection.cores):
+        up to CPU_CORE_BATCH_PIXELS, fewer when that leaves a core without one; None: one after another."""
+        if self.device.type != "cpu" or pixels > CPU_BATCH_PIXELS:
+            return None
+        workers = workers_for(n_frames)
+        per_core = max(1, min(size, CPU_CORE_BATCH_PIXELS // pixels, -(-n_frames // workers)))
+        return per_core if workers_for(-(-n_frames // per_core)) > 1 else None
 
     def _frames_that_fit(self, pixels: int) -> int:
         """Frames of ``pixels`` each that half the GPU's free memory holds while S3FD runs on them."""

@@ -19,6 +19,7 @@ from torch import nn
 from face_detection.postprocess import ssd_detect, ssd_priors
 from face_detection.rewrites import TrimmedDilatedConv, merged_conv
 from face_detection.s3fd import L2NORM_SCALES, L2Norm, maxout_background
+from face_detection.strips import vgg_block
 
 # VGG16 conv channels per block; "M" = 2x2 max-pool, "C" = the same with ceil_mode (after conv3_3)
 _VGG_PLAN = (64, 64, "M", 128, 128, "M", 256, 256, 256, "C", 512, 512, 512, "M", 512, 512, 512, "M")
@@ -27,6 +28,8 @@ POOLS = tuple(item for item in _VGG_PLAN if item in ("M", "C"))  # the max-pools
 # where conv5_3's ReLU ends; the layer numbers are the checkpoint's ``vgg.N`` names
 _CONV3_3_END, _CONV4_3_END, _CONV5_3_END = 16, 23, 30
 _FC6 = 31  # the dilated fc6, right after conv5_3's ReLU and the last pool
+# where the first two blocks start in ``vgg``: conv, ReLU, conv, ReLU, 2x2 max-pool (rounding down) each
+_FIRST_BLOCKS = (0, 5)
 # (in, out) channels of the extra layers: 1x1 reduce, then 3x3 stride 2
 _EXTRAS = ((1024, 256, 1), (256, 512, 3), (512, 128, 1), (128, 256, 3))
 _SOURCE_CHANNELS = (256, 512, 512, 1024, 512, 256)
@@ -72,6 +75,9 @@ class SFDFace(nn.Module):
         )
 
         self.merged_heads: list[nn.Conv2d] | None = None  # see use_rewrites
+        # the first two VGG blocks run maps larger than this many values in strips of rows (the same
+        # result; see face_detection.strips); None: whole maps
+        self.strip_values: int | None = None
 
     def use_rewrites(self) -> None:
         """For inference, after the weights are loaded and the net is on its device, dtype and layout:
@@ -91,11 +97,17 @@ class SFDFace(nn.Module):
 
     def forward(self, x: torch.Tensor) -> SFDOutput:
         sources = []
-        for start, end, norm in ((0, _CONV3_3_END, self.L2Norm3_3), (_CONV3_3_END, _CONV4_3_END, self.L2Norm4_3),
-                                 (_CONV4_3_END, _CONV5_3_END, self.L2Norm5_3), (_CONV5_3_END, len(self.vgg), None)):
+        start = 0
+        if self.strip_values is not None:  # the first two blocks in strips of rows (face_detection.strips)
+            for first in _FIRST_BLOCKS:
+                _, x = vgg_block(x, [self.vgg[first], self.vgg[first + 2]], strip_values=self.strip_values)
+            start = _FIRST_BLOCKS[-1] + 5
+        for end, norm in ((_CONV3_3_END, self.L2Norm3_3), (_CONV4_3_END, self.L2Norm4_3),
+                          (_CONV5_3_END, self.L2Norm5_3), (len(self.vgg), None)):
             for layer in self.vgg[start:end]:
                 x = layer(x)
             sources.append(x if norm is None else norm(x))
+            start = end
         for k, layer in enumerate(self.extras):
             x = F.relu(layer(x), inplace=True)
             if k % 2 == 1:

@@ -158,26 +158,36 @@ def _kernels():
 
 
 def _conv3x3_fused(x: torch.Tensor, kernel: torch.Tensor, bias: torch.Tensor | None, out: torch.Tensor) -> None:
-    """:func:`conv3x3` of ``x`` into ``out`` (B, H, W, Cout), the tiles transformed by the compiled loops,
-    a strip of tile rows at a time (FUSED_STRIP_BYTES: the temporaries stay in cache, not 2.25x the map)."""
+    """:func:`conv3x3` of ``x`` into ``out`` (B, H, W, Cout), the tiles transformed by the compiled loops:
+    a strip of tile rows of an image at a time where the map is large (FUSED_STRIP_BYTES: the
+    temporaries stay in cache, not 2.25x the map), else all the images' tiles in one product (the
+    kernel, then larger than the tiles, is read once)."""
     kernels = _kernels()
-    _, channels, height, width = x.shape
+    batch, channels, height, width = x.shape
     rows, cols = -(-height // 4), -(-width // 4)
     per_row = 36 * cols * max(channels, kernel.shape[2]) * x.element_size()
-    # each strip's product reads the whole kernel: strips hold at least as many bytes of tiles as it has
+    # each product reads the whole kernel: strips hold at least as many bytes of tiles as it has
     strip = max(1, min(rows, max(FUSED_STRIP_BYTES, kernel.numel() * kernel.element_size()) // per_row))
-    buffers: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # by strip height (the last may be lower)
     bias_np = np.zeros(kernel.shape[2], np.float32) if bias is None else bias.numpy()
-    for image, target in zip(x.permute(0, 2, 3, 1), out, strict=True):
-        image_np, target_np = image.contiguous().numpy(), target.numpy()
+    images = [image.contiguous().numpy() for image in x.permute(0, 2, 3, 1)]
+    targets = [target.numpy() for target in out]
+    if strip == rows:  # whole maps: every image's tiles, one product
+        tiles = x.new_empty(36, batch * rows * cols, channels)
+        for b, image in enumerate(images):
+            kernels.input_tiles(image, 0, rows, tiles.numpy(), b * rows * cols)
+        products = torch.bmm(tiles, kernel)
+        del tiles
+        for b, target in enumerate(targets):
+            kernels.output_map(products.numpy(), b * rows * cols, bias_np, 0, rows, target)
+        return
+    tiles = x.new_empty(36, strip * cols, channels)
+    products = x.new_empty(36, strip * cols, kernel.shape[2])
+    for image, target in zip(images, targets, strict=True):
         for first in range(0, rows, strip):
             n = min(strip, rows - first)
-            if n not in buffers:
-                buffers[n] = (x.new_empty(36, n * cols, channels), x.new_empty(36, n * cols, kernel.shape[2]))
-            tiles, products = buffers[n]
-            kernels.input_tiles(image_np, first, tiles.numpy())
+            kernels.input_tiles(image, first, n, tiles.numpy())
             torch.bmm(tiles, kernel, out=products)
-            kernels.output_map(products.numpy(), bias_np, first, target_np)
+            kernels.output_map(products.numpy(), 0, bias_np, first, n, target)
 
 
 def _conv3x3_nhwc(x: torch.Tensor, kernel: torch.Tensor, bias: torch.Tensor | None,

@@ -28,12 +28,12 @@ _jit = njit(fastmath=True, cache=True, nogil=True)
 
 
 @_jit
-def _input_tiles(x, first, out):
-    # x: (H, W, C) one image; out: (36, n * cols, C) for tile rows first .. first + n - 1, component
-    # q * 6 + p for column q, row p; tile row t reads image rows 4t - 1 .. 4t + 4 (zeros outside)
+def _input_tiles(x, first, n, out, base):
+    # x: (H, W, C) one image; out[:, base:base + n * cols]: (36, n * cols, C) for tile rows first ..
+    # first + n - 1, component q * 6 + p for column q, row p; tile row t reads image rows 4t - 1 .. 4t + 4
+    # (zeros outside)
     height, width, channels = x.shape
     cols = (width + 3) // 4
-    n = out.shape[1] // cols
     top = 4 * first - 1
     padded = np.zeros((4 * n + 2, 4 * cols + 2, channels), np.float32)
     for r in range(max(0, -top), min(4 * n + 2, height - top)):
@@ -54,7 +54,7 @@ def _input_tiles(x, first, out):
                     rows_done[3, j, c] = 2 * (d3 - d1) - d2 + d4
                     rows_done[4, j, c] = 2 * (d1 - d3) - d2 + d4
                     rows_done[5, j, c] = 4 * d1 - 5 * d3 + d5
-            tile = ty * cols + tx
+            tile = base + ty * cols + tx
             for p in range(6):
                 o0, o1, o2 = out[p, tile], out[6 + p, tile], out[12 + p, tile]
                 o3, o4, o5 = out[18 + p, tile], out[24 + p, tile], out[30 + p, tile]
@@ -70,16 +70,16 @@ def _input_tiles(x, first, out):
 
 
 @_jit
-def _output_map(products, bias, first, out):
-    # products: (36, n * cols, K) for tile rows first .. first + n - 1, as _input_tiles orders them;
-    # out: (H, W, K) one image, whose rows 4 first .. 4 (first + n) - 1 (those inside) get A^T m A + bias
+def _output_map(products, base, bias, first, n, out):
+    # products[:, base:base + n * cols]: (36, n * cols, K) for tile rows first .. first + n - 1, as
+    # _input_tiles orders them; out: (H, W, K) one image, whose rows 4 first .. 4 (first + n) - 1 (those
+    # inside) get A^T m A + bias
     height, width, channels = out.shape
     cols = (width + 3) // 4
-    n = products.shape[1] // cols
     cols_done = np.empty((4, 6, channels), np.float32)  # [output row r, column component q]
     for ty in range(n):
         for tx in range(cols):
-            tile = ty * cols + tx
+            tile = base + ty * cols + tx
             for q in range(6):
                 m0, m1, m2 = products[q * 6, tile], products[q * 6 + 1, tile], products[q * 6 + 2, tile]
                 m3, m4, m5 = products[q * 6 + 3, tile], products[q * 6 + 4, tile], products[q * 6 + 5, tile]
@@ -110,14 +110,15 @@ def _output_map(products, bias, first, out):
                         pixel[k] = value + bias[k]
 
 
-def input_tiles(x: np.ndarray, first: int, out: np.ndarray) -> None:
-    """Write into ``out`` (36, n * ceil(W/4), C) the F(4x4, 3x3) input tiles ``B^T d B`` of tile rows
-    ``first`` .. ``first + n - 1`` of the image ``x`` (H, W, C) float32, zero-padded by one pixel, in
-    the layout ``winograd.conv3x3`` multiplies."""
-    _input_tiles(x, first, out)
+def input_tiles(x: np.ndarray, first: int, n: int, out: np.ndarray, base: int = 0) -> None:
+    """Write into ``out[:, base:base + n * ceil(W/4)]`` ((36, tiles, C) float32) the F(4x4, 3x3) input
+    tiles ``B^T d B`` of tile rows ``first`` .. ``first + n - 1`` of the image ``x`` (H, W, C) float32,
+    zero-padded by one pixel, in the layout ``winograd.conv3x3`` multiplies."""
+    _input_tiles(x, first, n, out, base)
 
 
-def output_map(products: np.ndarray, bias: np.ndarray, first: int, out: np.ndarray) -> None:
+def output_map(products: np.ndarray, base: int, bias: np.ndarray, first: int, n: int, out: np.ndarray) -> None:
     """Write into the rows of ``out`` (H, W, K) float32 that tile rows ``first`` .. ``first + n - 1``
-    cover the output transform ``A^T m A`` of ``products`` (36, n * ceil(W/4), K), plus ``bias`` (K,)."""
-    _output_map(products, bias, first, out)
+    cover the output transform ``A^T m A`` of ``products[:, base:base + n * ceil(W/4)]`` ((36, tiles, K)),
+    plus ``bias`` (K,)."""
+    _output_map(products, base, bias, first, n, out)

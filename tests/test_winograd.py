@@ -137,7 +137,7 @@ def test_compiled_tile_transforms_in_parts_and_strips(one_thread, monkeypatch, s
     calls = []
     real = winograd_kernels.input_tiles
     monkeypatch.setattr(winograd_kernels, "input_tiles",
-                        lambda x, first, out: (calls.append(first), real(x, first, out)))
+                        lambda x, first, n, out, base=0: (calls.append(first), real(x, first, n, out, base)))
     gen = torch.Generator().manual_seed(8)
     x = torch.randn(5, 6, 11, 21, generator=gen)
     w, b = torch.randn(7, 6, 3, 3, generator=gen), torch.randn(7, generator=gen)
