@@ -116,7 +116,9 @@ def test_load_detector_runs_winograd_layers_only_when_asked(weights_dir):
     det = detect.load_detector(weights_dir / "s3fd.pth", "s3fd")
     assert not any(isinstance(m, WinogradConv2d) for m in det.net.modules())
     det = detect.load_detector(weights_dir / "s3fd.pth", "s3fd", winograd=4)
-    assert sum(isinstance(m, WinogradConv2d) for m in det.net.modules()) == 9
+    layers = [m for m in det.net.modules() if isinstance(m, WinogradConv2d)]
+    # the 9 wide layers, and the 3 first ones where the compiled tile transforms run (one thread)
+    assert len(layers) == 12 and sum(m.fused_only for m in layers) == 3
 
 
 @pytest.mark.parametrize("detection", ["fast", "original"])
