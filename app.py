@@ -219,7 +219,8 @@ class Models:
     def evaluator(self) -> SyncNetEvaluator:
         """Call with ``evaluator_lock`` held."""
         if self._evaluator is None:
-            self._evaluator = SyncNetEvaluator(weights_dir=self.weights_dir, device=self.device)
+            self._evaluator = SyncNetEvaluator(weights_dir=self.weights_dir, device=self.device,
+                                               detector_across_cores=SCORING_ACROSS_CORES)
         return self._evaluator
 
 
@@ -623,6 +624,10 @@ PREVIEW_PARAMS = optspec.parameters(PreviewTime)
 # The Lip sync tab scores as a quick check, with faces detected on every 5th frame (about 3x faster:
 # a 10 s 720p clip scores in ~20 s instead of ~60 s on 2 CPU cores), at the size the faces are, in the
 # hardware's fast precision; the Evaluate tab's defaults are the reference's.
+# The Space scores in the process that lip-syncs, so it keeps the scoring detector's batches on one
+# core at a time: the per-core workers would add ~300 MB to a request's peak (a lip sync in float32
+# already reaches ~1.3 GB), for ~0.3 s on the fast preset its Lip sync tab scores with.
+SCORING_ACROSS_CORES = False
 LIPSYNC_SCORING = {"detect_every": 5, "detect_at_face_size": True, "precision": "auto"}
 SCORE_PARAMS = optspec.parameters(EvalOptions, prefix="score_", unprefixed=("min_track",), presets=LIPSYNC_SCORING)
 EVALUATE_PARAMS = optspec.parameters(EvalOptions)

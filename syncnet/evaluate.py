@@ -164,12 +164,16 @@ class SyncNetEvaluator:
     """Loads SyncNet (and, for track mode, the face detector) once, lazily; ``evaluate`` any number of videos.
 
     ``syncnet`` / ``detector``: registry names or checkpoint paths (see :mod:`lipsync.weights`).
-    Not safe to call ``evaluate`` from several threads at once.
+    ``detector_across_cores``: the face detector's batches on all CPU cores at once (FaceDetector's
+    ``across_cores``). Not safe to call ``evaluate`` from several threads at once.
     """
 
     def __init__(self, weights_dir: str | os.PathLike | None = None, device: str | None = None, *,
-                 syncnet: str | os.PathLike = "syncnet_v2", detector: str | os.PathLike = "sfd_face") -> None:
+                 syncnet: str | os.PathLike = "syncnet_v2", detector: str | os.PathLike = "sfd_face",
+                 detector_across_cores: bool = True) -> None:
         self.weights_dir = weights_dir
+        # the detector's batches on all CPU cores at once (see FaceDetector): faster, ~300 MB more
+        self.detector_across_cores = detector_across_cores
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self._syncnet_name = syncnet
         self._detector_name = detector
@@ -190,7 +194,7 @@ class SyncNetEvaluator:
                 # every frame is detected here, so the Winograd kernels' memory is worth their speed
                 self.detectors[dtype] = load_detector(self._detector_name, "sfd_face", device=self.device,
                                                       weights_dir=self.weights_dir, winograd=DEFAULT_BLOCK,
-                                                      dtype=dtype)
+                                                      dtype=dtype, across_cores=self.detector_across_cores)
             return self.detectors[dtype]
 
     @property

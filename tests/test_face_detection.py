@@ -241,8 +241,8 @@ class FakeSFD(torch.nn.Module):
         return SFDOutput(loc=torch.zeros(len(x), n_priors, 4), conf=conf, feature_hw=hw)
 
 
-def _detector(variant, sd, fake) -> FaceDetector:
-    det = FaceDetector(sd, variant=variant)
+def _detector(variant, sd, fake, **kwargs) -> FaceDetector:
+    det = FaceDetector(sd, variant=variant, **kwargs)
     det.net = fake
     return det
 
@@ -290,10 +290,17 @@ def test_detector_preprocessing_matches_references(s3fd_sd, sfd_sd, golden):
     np.testing.assert_array_equal(fake_sfd.inputs[0][0].numpy(), g["net_input"])
 
 
-def test_s3fd_detector_runs_the_real_chain(s3fd_sd, s3fd_net, golden):
+@pytest.mark.parametrize("across_cores", [False, True])
+def test_s3fd_detector_runs_the_real_chain(s3fd_sd, s3fd_net, golden, across_cores):
     g = golden("s3fd_heads")
     frame = np.ascontiguousarray(g["image_u8"][..., ::-1])
-    out = FaceDetector(s3fd_sd).detect(np.stack([frame, frame[::-1].copy()]), batch_size=1)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)  # two batches of one: with across_cores, one on each of two workers
+    try:
+        out = FaceDetector(s3fd_sd, across_cores=across_cores).detect(np.stack([frame, frame[::-1].copy()]),
+                                                                       batch_size=1)
+    finally:
+        torch.set_num_threads(before)
     with torch.inference_mode():
         x = torch.from_numpy(g["net_input"])
         heads = [h.numpy() for h in s3fd_net(torch.cat([x, x.flip(2)]))]
@@ -331,7 +338,7 @@ def test_detector_halves_batch_on_out_of_memory_on_all_cores(s3fd_sd):
     before = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
-        det = _detector("s3fd", s3fd_sd, Picky(1, 1, 1))
+        det = _detector("s3fd", s3fd_sd, Picky(1, 1, 1), across_cores=True)
         out = det.detect(np.zeros((4, 64, 64, 3), np.uint8), batch_size=2)  # two batches of 2 at once fail
     finally:
         torch.set_num_threads(before)
