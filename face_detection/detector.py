@@ -17,6 +17,7 @@ import torch
 from face_detection import s3fd, sfd_face
 from face_detection.batching import in_batches
 from face_detection.cores import across_cores, workers_for
+from face_detection.memory import release_free_memory
 from face_detection.postprocess import s3fd_detections, sfd_face_detections, ssd_priors
 from face_detection.s3fd import S3FD
 from face_detection.sfd_face import SFDFace
@@ -144,6 +145,7 @@ class FaceDetector:
         self.batch_size = batch_size
         self.dtype = dtype
         self.across_cores = across_cores
+        release_free_memory()  # the checkpoint's and the kernel transforms' temporaries
         self._mean = torch.tensor(MEAN_RGB[variant], dtype=torch.float32, device=self.device)
 
     def detect(self, frames: Sequence[np.ndarray] | np.ndarray, *, scale: float = 1.0,

@@ -29,6 +29,7 @@ import torch
 from tqdm.auto import tqdm
 
 from face_detection.detector import FaceDetector
+from face_detection.memory import release_free_memory
 from face_detection.winograd import DEFAULT_BLOCK
 from lipsync import detcache, detect, faces, precision, vad, weights
 from lipsync.audio import SAMPLE_RATE, mel_chunks, melspectrogram
@@ -375,6 +376,7 @@ class LipSync:
             if key not in self._generators:
                 self._generators[key] = load_folded_wav2lip(
                     checkpoint, device=self.device, dtype=dtype, weights_dir=self.weights_dir, winograd=winograd)
+                release_free_memory()  # the checkpoint's and the folding's temporaries
             return self._generators[key]
 
     def generator_for(self, options: LipSyncOptions) -> torch.nn.Module:

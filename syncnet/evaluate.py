@@ -42,6 +42,7 @@ import torch
 from tqdm.auto import tqdm
 
 from face_detection.detector import FaceDetector
+from face_detection.memory import release_free_memory
 from face_detection.tracking import Track
 from face_detection.winograd import DEFAULT_BLOCK
 from lipsync import precision
@@ -186,6 +187,7 @@ class SyncNetEvaluator:
             if dtype not in self.syncnets:
                 model = load_syncnet(self._syncnet_name, device=self.device, weights_dir=self.weights_dir)
                 self.syncnets[dtype] = FusedSyncNet(model).to(dtype)
+                release_free_memory()
             return self.syncnets[dtype]
 
     def detector_for(self, dtype: torch.dtype = torch.float32) -> FaceDetector:
