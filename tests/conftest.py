@@ -120,3 +120,13 @@ def make_face_clip(path: Path, face_bgr: np.ndarray, audio_path: Path | None, *,
 @pytest.fixture(scope="session")
 def face_clip(tmp_path_factory, face_image_bgr, speech_wav) -> Path:
     return make_face_clip(tmp_path_factory.mktemp("clip") / "face clip.mp4", face_image_bgr, speech_wav)
+
+
+@pytest.fixture
+def torch_threads():
+    """``torch_threads(n)`` sets torch's thread count for the test; the count before is set back after."""
+    import torch
+
+    before = torch.get_num_threads()
+    yield torch.set_num_threads
+    torch.set_num_threads(before)

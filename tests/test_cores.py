@@ -11,11 +11,8 @@ from face_detection.cores import across_cores, workers_for
 
 
 @pytest.fixture
-def two_threads():
-    before = torch.get_num_threads()
-    torch.set_num_threads(2)
-    yield
-    torch.set_num_threads(before)
+def two_threads(torch_threads):
+    torch_threads(2)
 
 
 def test_results_come_back_in_job_order(two_threads):
@@ -41,15 +38,11 @@ def test_jobs_run_at_once_each_on_one_thread(two_threads):
     assert started_later == [2]  # and so is that of threads the process starts afterwards
 
 
-def test_one_thread_or_one_job_runs_here():
+def test_one_thread_or_one_job_runs_here(torch_threads):
     assert workers_for(1) == 1
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        assert workers_for(8) == 1
-        assert across_cores(lambda _: threading.current_thread().name, [0, 1]) == [threading.current_thread().name] * 2
-    finally:
-        torch.set_num_threads(before)
+    torch_threads(1)
+    assert workers_for(8) == 1
+    assert across_cores(lambda _: threading.current_thread().name, [0, 1]) == [threading.current_thread().name] * 2
 
 
 def test_a_jobs_error_reaches_the_caller(two_threads):

@@ -101,11 +101,8 @@ def test_use_winograd_converts_the_wide_vgg_layers(net_cls, manifest):
 
 
 @pytest.fixture
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+def one_thread(torch_threads):
+    torch_threads(1)
 
 
 @pytest.mark.parametrize(("batch", "cin", "cout", "height", "width"),
