@@ -620,14 +620,14 @@ PREVIEW_FILES = LIPSYNC_FILES
 LIPSYNC_PARAMS = optspec.parameters(LipSyncOptions)
 INPUT_SCORING_PARAMS = optspec.parameters(InputScoring)
 PREVIEW_PARAMS = optspec.parameters(PreviewTime)
-# /lipsync's scoring options carry a score_ prefix (score_mode...); min_track was documented without it.
-# The Lip sync tab scores as a quick check, with faces detected on every 5th frame (about 3x faster:
-# a 10 s 720p clip scores in ~20 s instead of ~60 s on 2 CPU cores), at the size the faces are, in the
-# hardware's fast precision; the Evaluate tab's defaults are the reference's.
 # The Space scores in the process that lip-syncs, so it keeps the scoring detector's batches on one
 # core at a time: the per-core workers would add ~300 MB to a request's peak (a lip sync in float32
 # already reaches ~1.3 GB), for ~0.3 s on the fast preset its Lip sync tab scores with.
 SCORING_ACROSS_CORES = False
+# /lipsync's scoring options carry a score_ prefix (score_mode...); min_track was documented without it.
+# The Lip sync tab scores as a quick check, with faces detected on every 5th frame (about 3x faster:
+# a 10 s 720p clip scores in ~20 s instead of ~60 s on 2 CPU cores), at the size the faces are, in the
+# hardware's fast precision; the Evaluate tab's defaults are the reference's.
 LIPSYNC_SCORING = {"detect_every": 5, "detect_at_face_size": True, "precision": "auto"}
 SCORE_PARAMS = optspec.parameters(EvalOptions, prefix="score_", unprefixed=("min_track",), presets=LIPSYNC_SCORING)
 EVALUATE_PARAMS = optspec.parameters(EvalOptions)

@@ -134,8 +134,8 @@ class FaceDetector:
             # the wide 3x3 layers faster still as Winograd convolutions (same result to ~5e-6 in
             # float32; the kernel transforms would cost 16-bit formats far more than that)
             net = net.to(memory_format=torch.channels_last)
-            # sfd_face too: its first two blocks in strips took 90 MB less with two workers on two
-            # 320x180 frames each (the same speed)
+            # both nets run their first blocks in strips of rows (sfd_face's took 90 MB less with two
+            # workers on two 320x180 frames each, at the same speed)
             net.strip_values = CPU_STRIP_VALUES
             if winograd and runs_winograd(self.device, dtype):
                 use_winograd(net, block=winograd, min_fused=MIN_FUSED_CHANNELS)
@@ -174,15 +174,14 @@ class FaceDetector:
                       for f in frames]
         net_h, net_w = frames[0].shape[:2]
 
-        size = batch_size or self.batch_size
+        requested = batch_size or self.batch_size
+        size = requested
         if self.device.type == "cpu":
             size = max(1, min(size, CPU_BATCH_PIXELS // (net_h * net_w)))
         elif self.device.type == "cuda":
             size = max(1, min(size, self._frames_that_fit(net_h * net_w)))
         results: list[np.ndarray] = []
-        # small frames on all cores at once; a large one (a 720p frame in strips) gains nothing from
-        # it in bfloat16 (1.62 s a frame either way) and two at once took 170 MB more
-        per_core = self._per_core_batch(batch_size or self.batch_size, len(frames), net_h * net_w)
+        per_core = self._per_core_batch(requested, len(frames), net_h * net_w)
         if per_core:
             parts = [frames[start:start + per_core] for start in range(0, len(frames), per_core)]
             try:
@@ -202,7 +201,9 @@ class FaceDetector:
 
     def _per_core_batch(self, size: int, n_frames: int, pixels: int) -> int | None:
         """Frames per batch when the batches of a call run on all cores at once (face_detection.cores):
-        up to CPU_CORE_BATCH_PIXELS, fewer when that leaves a core without one; None: one after another."""
+        up to CPU_CORE_BATCH_PIXELS, fewer when that leaves a core without one; None: one after another.
+        Only small frames: a large one (a 720p frame in strips) gained nothing from it in bfloat16 (1.62 s
+        a frame either way) and two at once took 170 MB more."""
         if not self.across_cores or self.device.type != "cpu" or pixels > CPU_BATCH_PIXELS:
             return None
         workers = workers_for(n_frames)

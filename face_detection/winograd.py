@@ -180,11 +180,13 @@ def _conv3x3_fused(x: torch.Tensor, kernel: torch.Tensor, bias: torch.Tensor | N
         for b, target in enumerate(targets):
             kernels.output_map(products.numpy(), b * rows * cols, bias_np, 0, rows, target)
         return
-    tiles = x.new_empty(36, strip * cols, channels)
-    products = x.new_empty(36, strip * cols, kernel.shape[2])
+    buffers: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # tiles and products by strip height
     for image, target in zip(images, targets, strict=True):
         for first in range(0, rows, strip):
-            n = min(strip, rows - first)
+            n = min(strip, rows - first)  # the last strip may be lower: its own buffers, no stale rows
+            if n not in buffers:
+                buffers[n] = (x.new_empty(36, n * cols, channels), x.new_empty(36, n * cols, kernel.shape[2]))
+            tiles, products = buffers[n]
             kernels.input_tiles(image, first, n, tiles.numpy())
             torch.bmm(tiles, kernel, out=products)
             kernels.output_map(products.numpy(), 0, bias_np, first, n, target)
