@@ -57,12 +57,14 @@ def _poly_mul(a: list[Fraction], b: list[Fraction]) -> list[Fraction]:
 
 
 @cache
-def transform_matrices(block: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Exact (A^T (m, m+2), G (m+2, 3), B^T (m+2, m+2)) of F(m, 3) in float64, m = ``block`` (1..6)."""
-    if not 1 <= block <= len(_POINTS) - 1:
-        raise ValueError(f"block must be 1..{len(_POINTS) - 1}, got {block}")
-    points = _POINTS[:block + 1]
-    size = block + 2
+def transform_matrices(block: int, kernel: int = 3) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Exact (A^T (m, a), G (a, r), B^T (a, a)) of F(m, r) in float64, m = ``block``, r = ``kernel``, on
+    a = m + r - 1 points (the first a - 1 of 0, 1, -1, 2, -2, 1/2, -1/2, and infinity). F(m, 3) for
+    m = 1..6, and F(3, 4) for the lip tower's first layer (syncnet.lipconv), share B^T where a = 6."""
+    size = block + kernel - 1
+    if block < 1 or kernel < 2 or size - 1 > len(_POINTS):
+        raise ValueError(f"F({block}, {kernel}) needs {size - 1} finite points; at most {len(_POINTS)} are known")
+    points = _POINTS[:size - 1]
     # A^T: the outputs as values of the product polynomial at the points, plus its leading coefficient
     a_t = [[p ** i for p in points] + [Fraction(int(i == block - 1))] for i in range(block)]
     g, b_t = [], []
@@ -74,10 +76,10 @@ def transform_matrices(block: int) -> tuple[torch.Tensor, torch.Tensor, torch.Te
         for q in others:
             denom *= p - q
             poly = _poly_mul(poly, [-q, Fraction(1)])
-        g.append([p ** j / denom for j in range(3)])  # kernel at p, over the Lagrange denominator
+        g.append([p ** j / denom for j in range(kernel)])  # kernel at p, over the Lagrange denominator
         b_t.append(poly + [Fraction(0)] * (size - len(poly)))
         full = _poly_mul(full, [-p, Fraction(1)])
-    g.append([Fraction(0), Fraction(0), Fraction(1)])
+    g.append([Fraction(0)] * (kernel - 1) + [Fraction(1)])
     b_t.append(full)
 
     def tensor(rows: list[list[Fraction]]) -> torch.Tensor:
@@ -155,6 +157,16 @@ def _kernels():
         log.warning("numba is not usable (%s): the Winograd tile transforms run as torch operations, slower", exc)
         return None
     return winograd_kernels
+
+
+def load_kernels() -> bool:
+    """Import and load the compiled tile transforms now, so that a model's first input does not wait for
+    them (numba's import and its cache took ~0.9 s on a 2-core AVX2 EPYC, ~5 s where it compiles);
+    False where numba cannot be imported."""
+    kernels = _kernels()
+    if kernels is not None:
+        kernels.load()
+    return kernels is not None
 
 
 def _conv3x3_fused(x: torch.Tensor, kernel: torch.Tensor, bias: torch.Tensor | None, out: torch.Tensor) -> None:

@@ -45,6 +45,23 @@ def test_transform_matrices_compute_a_1d_correlation(block):
     torch.testing.assert_close(a_t @ ((g @ k) * (b_t @ d)), expected, rtol=0, atol=1e-12)
 
 
+@pytest.mark.parametrize(("block", "kernel"), [(3, 4), (2, 4), (1, 4), (2, 5), (4, 2)])
+def test_transform_matrices_of_other_kernel_lengths_compute_a_1d_correlation(block, kernel):
+    a_t, g, b_t = transform_matrices(block, kernel)
+    assert a_t.shape == (block, block + kernel - 1) and g.shape == (block + kernel - 1, kernel)
+    rng = np.random.default_rng(10 * block + kernel)
+    d, k = torch.from_numpy(rng.normal(size=block + kernel - 1)), torch.from_numpy(rng.normal(size=kernel))
+    expected = torch.stack([d[i:i + kernel] @ k for i in range(block)])
+    torch.testing.assert_close(a_t @ ((g @ k) * (b_t @ d)), expected, rtol=0, atol=1e-12)
+
+
+def test_f3x3_4x4_shares_the_input_transform_of_f4x4_3x3():
+    """The compiled loops' B^T serves both: it depends on the points alone (six of them in each)."""
+    assert torch.equal(transform_matrices(3, 4)[2], transform_matrices(4)[2])
+    with pytest.raises(ValueError, match="finite points"):
+        transform_matrices(6, 4)
+
+
 def test_conv3x3_accepts_channels_last_and_contiguous_inputs():
     x = torch.randn(2, 6, 9, 8)
     w = torch.randn(5, 6, 3, 3)
@@ -176,3 +193,48 @@ def test_use_winograd_with_the_compiled_transforms_converts_the_first_layers_too
     assert fused_only == [(64, 64), (64, 128), (128, 128)]  # conv1_1 (3 channels in) stays direct
     net = SFDFace.from_state_dict(golden_state_dict("sfd_face.json"))
     assert use_winograd(net, block=2, min_fused=64) == 9  # the compiled transforms are F(4x4, 3x3) only
+
+
+@pytest.mark.parametrize(("height", "width", "cin", "cout", "strip"), [(6, 6, 1, 1, 1), (11, 9, 5, 7, 1),
+                                                                          (11, 9, 5, 7, 2), (20, 17, 12, 4, 7)])
+@pytest.mark.parametrize("relu", [True, False])
+def test_compiled_f3x3_4x4_transforms_equal_a_valid_correlation(one_thread, height, width, cin, cout, strip, relu):
+    """input_tiles_3x3, the tiles' products and output_map_3x3, in strips of tile rows, give the valid 4x4
+    correlation (plus bias, through a ReLU or not); the strips' last may be lower than the others."""
+    from face_detection import winograd_kernels
+
+    gen = torch.Generator().manual_seed(height * width + cin)
+    x, w, b = torch.randn(height, width, cin, generator=gen), torch.randn(cout, cin, 4, 4, generator=gen), \
+        torch.randn(cout, generator=gen)
+    _, g, _ = transform_matrices(3, 4)
+    kernel = torch.einsum("ik,ockl,jl->jico", g, w.double(), g).reshape(36, cin, cout).float()
+    ref = F.conv2d(x.permute(2, 0, 1)[None].double(), w.double(), b.double())[0].permute(1, 2, 0)
+    ref = ref.clamp(min=0) if relu else ref
+    out = np.full((height - 3, width - 3, cout), np.nan, np.float32)
+    rows, cols = -(-(height - 3) // 3), -(-(width - 3) // 3)
+    for first in range(0, rows, strip):
+        n = min(strip, rows - first)
+        tiles = np.empty((36, n * cols, cin), np.float32)
+        winograd_kernels.input_tiles_3x3(x.numpy(), first, n, tiles)
+        products = torch.bmm(torch.from_numpy(tiles), kernel).numpy()
+        winograd_kernels.output_map_3x3(products, first, n, b.numpy(), out, relu=relu)
+    np.testing.assert_allclose(out, ref.numpy(), rtol=0, atol=1e-5 * float(ref.abs().max()))
+
+
+def test_loading_the_kernels_leaves_nothing_to_compile_for_the_real_calls(one_thread):
+    """load_kernels uses the argument types of the real calls, so the models' own calls find machine
+    code for them (a new type would be compiled in the first call, seconds, instead)."""
+    from face_detection import winograd_kernels
+    from face_detection.winograd import load_kernels
+    from syncnet.lipconv import WinogradLipConv
+
+    assert load_kernels()
+    compiled = [winograd_kernels._input_tiles, winograd_kernels._output_map, winograd_kernels._output_map_3x3]
+    before = [len(f.signatures) for f in compiled]
+    assert min(before) >= 1
+    x = torch.randn(1, 8, 9, 10)
+    conv3x3(x, transform_kernel(torch.randn(4, 8, 3, 3)), torch.randn(4))
+    lip = torch.nn.Conv2d(15, 6, 7, stride=2)
+    with torch.inference_mode():
+        WinogradLipConv(lip, 5)(np.zeros((6, 16, 16, 3), np.uint8), 2)
+    assert [len(f.signatures) for f in compiled] == before
