@@ -84,8 +84,12 @@ class LipWindows:
         return torch.cat(self.feats) if self.feats else torch.zeros(0, EMBED_DIM)
 
     def _run(self, n: int) -> None:
-        windows = lip_windows(np.stack(self.buffer[:n + WINDOW_FRAMES - 1]), n)
-        self.feats.append(forward(self.model.forward_lip, windows, self.device, dtype=_dtype(self.model)))
+        frames = np.stack(self.buffer[:n + WINDOW_FRAMES - 1])
+        if isinstance(self.model, FusedSyncNet) and self.model.shares_frames():
+            self.feats.append(self.model.forward_lip_frames(frames, n))
+        else:
+            windows = lip_windows(frames, n)
+            self.feats.append(forward(self.model.forward_lip, windows, self.device, dtype=_dtype(self.model)))
         del self.buffer[:n]
         self.done += n
 

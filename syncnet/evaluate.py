@@ -44,7 +44,7 @@ from tqdm.auto import tqdm
 from face_detection.detector import FaceDetector
 from face_detection.memory import release_free_memory
 from face_detection.tracking import Track
-from face_detection.winograd import DEFAULT_BLOCK
+from face_detection.winograd import DEFAULT_BLOCK, load_kernels
 from lipsync import precision
 from lipsync.detect import load_detector
 from lipsync.errors import Cancelled, InputError
@@ -166,15 +166,18 @@ class SyncNetEvaluator:
 
     ``syncnet`` / ``detector``: registry names or checkpoint paths (see :mod:`lipsync.weights`).
     ``detector_across_cores``: the face detector's batches on all CPU cores at once (FaceDetector's
-    ``across_cores``). Not safe to call ``evaluate`` from several threads at once.
+    ``across_cores``). ``syncnet_across_cores``: in float32 on a CPU, the lip tower's first layer from
+    each batch's frames, on all cores (FusedSyncNet's ``across_cores``). Not safe to call ``evaluate``
+    from several threads at once.
     """
 
     def __init__(self, weights_dir: str | os.PathLike | None = None, device: str | None = None, *,
                  syncnet: str | os.PathLike = "syncnet_v2", detector: str | os.PathLike = "sfd_face",
-                 detector_across_cores: bool = True) -> None:
+                 detector_across_cores: bool = True, syncnet_across_cores: bool = True) -> None:
         self.weights_dir = weights_dir
         # the detector's batches on all CPU cores at once (see FaceDetector): faster, ~300 MB more
         self.detector_across_cores = detector_across_cores
+        self.syncnet_across_cores = syncnet_across_cores
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self._syncnet_name = syncnet
         self._detector_name = detector
@@ -186,7 +189,10 @@ class SyncNetEvaluator:
         with self._lock:
             if dtype not in self.syncnets:
                 model = load_syncnet(self._syncnet_name, device=self.device, weights_dir=self.weights_dir)
-                self.syncnets[dtype] = FusedSyncNet(model).to(dtype)
+                net = FusedSyncNet(model, across_cores=self.syncnet_across_cores).to(dtype)
+                if net.shares_frames():
+                    load_kernels()  # the compiled loops now, not in the first video's time
+                self.syncnets[dtype] = net
                 release_free_memory()
             return self.syncnets[dtype]
 

@@ -10,11 +10,13 @@ The results equal the model's to float32 rounding (relative ~4e-6).
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import nn
 
 from lipsync.fused import fold_into
 from syncnet.constants import WINDOW_FRAMES
+from syncnet.lipconv import WinogradLipConv
 from syncnet.model import SyncNet
 
 
@@ -86,14 +88,23 @@ def _copy_conv2d(conv: nn.Conv2d) -> nn.Conv2d:
 
 class FusedSyncNet(nn.Module):
     """``forward_lip`` / ``forward_aud`` of a loaded :class:`SyncNet`, for inference only: both conv
-    towers folded (:func:`fold_tower`), the lip tower 2-D and channels-last; the heads are the model's."""
+    towers folded (:func:`fold_tower`), the lip tower 2-D and channels-last; the heads are the model's.
 
-    def __init__(self, model: SyncNet) -> None:
+    ``across_cores``: :meth:`forward_lip_frames` runs the lip tower's first layer and its ReLU as
+    :class:`syncnet.lipconv.WinogradLipConv` where that runs (float32 on a CPU), on all cores.
+    """
+
+    def __init__(self, model: SyncNet, *, across_cores: bool = False) -> None:
         super().__init__()
         model = model.eval()
         device = next(model.parameters()).device
         self.lip_cnn = fold_tower(model.netcnnlip, WINDOW_FRAMES).to(device).eval()
         self.lip_cnn.to(memory_format=torch.channels_last)
+        self.lip_conv: WinogradLipConv | None = None
+        if across_cores:
+            if not isinstance(self.lip_cnn[1], nn.ReLU):
+                raise ValueError("the lip tower's first layer is not followed by a ReLU")
+            self.lip_conv = WinogradLipConv(self.lip_cnn[0], WINDOW_FRAMES).to(device)
         # channels-last too: batches of 20 MFCC windows on a 2-core Zen 4 EPYC went from 2.72 to 2.22 ms
         # a window in float32, 1.56 to 1.15 in bfloat16
         self.aud_cnn = fold_tower(model.netcnnaud).to(device).eval().to(memory_format=torch.channels_last)
@@ -110,3 +121,16 @@ class FusedSyncNet(nn.Module):
         # from score.lip_windows, one copy for other layouts
         x = frames.permute(0, 3, 4, 2, 1).reshape(batch, height, width, steps * channels).permute(0, 3, 1, 2)
         return self.lip_fc(self.lip_cnn(x).flatten(1))
+
+    def shares_frames(self) -> bool:
+        """Whether :meth:`forward_lip_frames` runs the first layer from the frames (see ``across_cores``)."""
+        return self.lip_conv is not None and self.lip_conv.runs(self.lip_conv.kernel.device)
+
+    @torch.inference_mode()
+    def forward_lip_frames(self, frames: np.ndarray, n: int) -> torch.Tensor:
+        """(n, 1024) float32 embeddings of the windows ``frames[w:w + 5]``, w < n, as :meth:`forward_lip` of
+        ``score.lip_windows(frames, n)``; ``frames``: (>= n + 4, 224, 224, 3) uint8 BGR. Only where
+        :meth:`shares_frames`."""
+        if not self.shares_frames():
+            raise RuntimeError("forward_lip_frames needs the first layer's Winograd path (float32 on a CPU, numba)")
+        return self.lip_fc(self.lip_cnn[2:](self.lip_conv(frames, n)).flatten(1))
