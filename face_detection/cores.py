@@ -4,8 +4,9 @@ PyTorch spreads one batch over its intra-op threads, which pays off for the larg
 not for the memory-bound passes between them (Winograd tile transforms, ReLU, pooling): on a 2-core
 Zen 4 EPYC, sfd_face on 320x180 frames took 127 ms a frame as two single-threaded workers each on its
 own frame, against 144-169 ms one frame at a time on two threads (the Winograd net in float32; 181 against
-194 ms with direct convolutions, 90 against 96 ms in bfloat16). SyncNet's towers, which are all
-matrix products, gained nothing, so only the detectors use this.
+194 ms with direct convolutions, 90 against 96 ms in bfloat16). SyncNet's towers as torch layers,
+which are all matrix products, gained nothing; its first lip layer as compiled Winograd strips
+(:mod:`syncnet.lipconv`) uses this, like the detectors.
 
 The pool is made on first use, one worker per thread the caller's torch has, and each worker runs
 on one torch thread. That setting is per thread only in part: ``torch.set_num_threads`` also sets a

@@ -96,7 +96,8 @@ class WinogradLipConv(nn.Module):
         strip = max(1, min(rows, STRIP_BYTES // per_row))
         firsts = list(range(0, rows, strip))
         workers = workers_for(len(firsts))
-        across_cores(lambda part: self._strips(poly, part, strip, rows, n, out), [firsts[k::workers] for k in range(workers)])
+        parts = [firsts[k::workers] for k in range(workers)]
+        across_cores(lambda part: self._strips(poly, part, strip, rows, n, out), parts)
         return torch.from_numpy(out).permute(0, 3, 1, 2)
 
     def _strips(self, poly: np.ndarray, firsts: list[int], strip: int, rows: int, n: int, out: np.ndarray) -> None:
