@@ -153,6 +153,7 @@ def _output_map_3x3(products, first, n, bias, floor, out):
                     for k in range(channels):
                         pixel[k] = max(v1[k] + v2[k] + 4 * (v3[k] + v4[k]) + v5[k] + bias[k], floor)
 
+
 def input_tiles(x: np.ndarray, first: int, n: int, out: np.ndarray, base: int = 0) -> None:
     """Write into ``out[:, base:base + n * ceil(W/4)]`` ((36, tiles, C) float32) the F(4x4, 3x3) input
     tiles ``B^T d B`` of tile rows ``first`` .. ``first + n - 1`` of the image ``x`` (H, W, C) float32,
