@@ -326,6 +326,8 @@ class _Scoring:
                                              self.options, total=_expected_frames(self.info), progress=self.progress)
         n_frames = len(dets)
         _check_length(self.name, n_frames)
+        # the detection's freed work space, kept in the C heaps (the workers' too), goes back before SyncNet runs
+        release_free_memory()
         self.timings["decode_detect"] = time.perf_counter() - tic
 
         tic = time.perf_counter()
