@@ -221,6 +221,8 @@ class Models:
         if self._evaluator is None:
             self._evaluator = SyncNetEvaluator(weights_dir=self.weights_dir, device=self.device,
                                                detector_across_cores=SCORING_ACROSS_CORES,
+                                               # SyncNet's first lip layer in float32 (syncnet.lipconv)
+                                               # on all cores: its work space is a few MB
                                                syncnet_across_cores=True)
         return self._evaluator
 
@@ -625,7 +627,6 @@ PREVIEW_PARAMS = optspec.parameters(PreviewTime)
 # core at a time: the per-core workers would add ~300 MB to a request's peak (a lip sync in float32
 # already reaches ~1.3 GB), for ~0.3 s on the fast preset its Lip sync tab scores with.
 SCORING_ACROSS_CORES = False
-# SyncNet's first lip layer in float32 (syncnet.lipconv) is on all cores: its work space is a few MB.
 # /lipsync's scoring options carry a score_ prefix (score_mode...); min_track was documented without it.
 # The Lip sync tab scores as a quick check, with faces detected on every 5th frame (about 3x faster:
 # a 10 s 720p clip scores in ~20 s instead of ~60 s on 2 CPU cores), at the size the faces are, in the
