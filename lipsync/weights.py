@@ -6,8 +6,11 @@ A model name resolves to a local file in this order:
 3. a download from the Hugging Face Hub (cached by ``huggingface_hub``, honours ``HF_HUB_OFFLINE``),
    repo/file/revision overridable with ``LIPSYNC_<NAME>_REPO`` / ``_FILE`` / ``_REVISION``.
 
-Every file used has its SHA-256 logged; where a hash is known it is checked. Checkpoints are
-loaded with ``torch.load(weights_only=True)``, so a file cannot run code on load.
+Every file used has its SHA-256 logged and compared with the digest of the published file. A
+download from the registry's Hub mirror that differs is deleted and refused; a file the user gave
+(1, 2, or a download from an overridden repo or file) is used with a warning, so re-saved and
+fine-tuned checkpoints still work. Checkpoints are loaded with ``torch.load(weights_only=True)``, so
+a file cannot run code on load.
 """
 
 from __future__ import annotations
@@ -37,26 +40,33 @@ class WeightSpec:
     repo_id: str
     filename: str  # path inside the Hub repo
     revision: str = "main"
-    sha256: str | None = None  # full digest, enforced
-    sha256_prefix: str | None = None  # torch.hub-style partial digest: a mismatch only warns
+    sha256: str | None = None  # full digest of the published file
 
 
 # The original files live on Google Drive / SharePoint / university servers; these are public Hub
 # mirrors of the same files. Their commit hashes could not be read from here, so revisions default
-# to "main" and can be pinned with LIPSYNC_<NAME>_REVISION.
+# to "main" and can be pinned with LIPSYNC_<NAME>_REVISION. Each digest is one that independent
+# public sources (download scripts, model manifests, Hub cache blob names) give for the file.
 REGISTRY: dict[str, WeightSpec] = {
     spec.name: spec
     for spec in (
-        WeightSpec("wav2lip_gan", "wav2lip_gan.pth", "camenduru/Wav2Lip", "checkpoints/wav2lip_gan.pth"),
-        WeightSpec("wav2lip", "wav2lip.pth", "numz/wav2lip_studio", "Wav2lip/wav2lip.pth"),
-        # originally published as s3fd-619a316812.pth: torch.hub names carry the first 10 hex digits
-        # of the file's SHA-256
+        # 435,801,865 bytes
+        WeightSpec("wav2lip_gan", "wav2lip_gan.pth", "camenduru/Wav2Lip", "checkpoints/wav2lip_gan.pth",
+                   sha256="ca9ab7b7b812c0e80a6e70a5977c545a1e8a365a6c49d5e533023c034d7ac3d8"),
+        # 435,807,851 bytes; the same digest for the SadTalker, rippertnt/wav2lip and numz/wav2lip_studio copies
+        WeightSpec("wav2lip", "wav2lip.pth", "numz/wav2lip_studio", "Wav2lip/wav2lip.pth",
+                   sha256="b78b681b68ad9fe6c6fb1debc6ff43ad05834a8af8a62ffc4167b7b34ef63c37"),
+        # 89,843,225 bytes, published as s3fd-619a316812.pth (torch.hub names carry the digest's first 10 digits)
         WeightSpec("s3fd", "s3fd.pth", "camenduru/Wav2Lip", "face_detection/detection/sfd/s3fd.pth",
-                   sha256_prefix="619a316812"),
-        WeightSpec("syncnet_v2", "syncnet_v2.model", "lithiumice/syncnet", "syncnet_v2.model"),
-        WeightSpec("sfd_face", "sfd_face.pth", "lithiumice/syncnet", "sfd_face.pth"),
+                   sha256="619a31681264d3f7f7fc7a16a42cbbe8b23f31a256f75a366e5a1bcd59b33543"),
+        WeightSpec("syncnet_v2", "syncnet_v2.model", "lithiumice/syncnet", "syncnet_v2.model",
+                   sha256="961e8696f888fce4f3f3a6c3d5b3267cf5b343100b238e79b2659bff2c605442"),
+        # 89,844,381 bytes; the digest of the Oxford file, which several audio-visual projects pin
+        WeightSpec("sfd_face", "sfd_face.pth", "lithiumice/syncnet", "sfd_face.pth",
+                   sha256="d54a87c2b7543b64729c9a25eafd188da15fd3f6e02f0ecec76ae1b30d86c491"),
     )
 }
+
 
 def spec_for(name: str) -> WeightSpec:
     """The registry entry for ``name`` with any ``LIPSYNC_<NAME>_REPO/_FILE/_REVISION`` overrides."""
@@ -93,23 +103,36 @@ def _download(spec: WeightSpec) -> Path:
         ) from exc
 
 
-def verify(path: Path, spec: WeightSpec | None) -> str:
-    """Log the file's SHA-256 and check it where the registry knows it. Returns the digest."""
+def verify(path: Path, spec: WeightSpec | None, *, downloaded: bool = False) -> str:
+    """Log the file's SHA-256 and compare it with the published file's. Returns the digest.
+
+    ``downloaded``: the file came from the registry's own Hub mirror; one that differs is deleted from
+    the Hugging Face cache and refused. Any other file that differs is used, with a warning.
+    """
     digest = file_sha256(path)
     label = spec.name if spec else path.name
     log.info("weights %s: %s sha256=%s", label, path, digest)
-    if spec and spec.sha256 and digest != spec.sha256:
+    if spec is None or spec.sha256 is None or digest == spec.sha256:
+        return digest
+    if downloaded:
+        _remove_from_cache(path)
         raise WeightsError(
-            f"{path} does not match the known {spec.name} weights (sha256 {digest}, expected {spec.sha256}); "
-            "delete it so it is downloaded again, or " + _how_to_provide(spec)
+            f"the {spec.name} weights downloaded from the Hub repo '{spec.repo_id}' ('{spec.filename}') are not "
+            f"the published file: sha256 {digest}, expected {spec.sha256}; the download was deleted. Try again "
+            "later (the mirror may have been changed), or " + _how_to_provide(spec)
         )
-    if spec and spec.sha256_prefix and not digest.startswith(spec.sha256_prefix):
-        log.warning(
-            "WARNING: %s sha256 %s does not start with %s, the digest the original %s file name carries; "
-            "using it anyway (the Hub mirror could not be checked offline)",
-            path, digest, spec.sha256_prefix, spec.name,
-        )
+    log.warning(
+        "WARNING: %s is not the published %s file (sha256 %s, expected %s); using it as given, as for a re-saved "
+        "or fine-tuned checkpoint", path, spec.name, digest, spec.sha256,
+    )
     return digest
+
+
+def _remove_from_cache(path: Path) -> None:
+    """Delete a downloaded file: the Hugging Face cache's blob and the snapshot's link to it."""
+    blob = path.resolve()
+    for item in {path, blob}:
+        item.unlink(missing_ok=True)
 
 
 def _local_sources(spec: WeightSpec, weights_dir: str | os.PathLike | None) -> tuple[str | None, str | None]:
@@ -144,6 +167,7 @@ def resolve(name_or_path: str | os.PathLike, *, weights_dir: str | os.PathLike |
         return path
     spec = spec_for(str(name_or_path))
     explicit, folder = _local_sources(spec, weights_dir)
+    downloaded = False
     if explicit:
         path = Path(explicit).expanduser()
         if not path.is_file():
@@ -155,9 +179,16 @@ def resolve(name_or_path: str | os.PathLike, *, weights_dir: str | os.PathLike |
                 f"'{spec.file_name}' is missing from {WEIGHTS_DIR_ENV}={folder}: " + _how_to_provide(spec)
             )
     else:
-        path = _download(spec)
-    verify(path, spec)
+        path, downloaded = _download(spec), _is_registry_file(spec)
+    verify(path, spec, downloaded=downloaded)
     return path
+
+
+def _is_registry_file(spec: WeightSpec) -> bool:
+    """Whether ``spec`` names the registry's own file (a revision may be pinned), not a repo or file of the
+    user's choosing (``LIPSYNC_<NAME>_REPO`` / ``_FILE``), whose digest may rightly differ."""
+    own = REGISTRY[spec.name]
+    return (spec.repo_id, spec.filename) == (own.repo_id, own.filename)
 
 
 def strip_prefix(state_dict: Mapping[str, torch.Tensor], prefix: str = "module.") -> dict[str, torch.Tensor]:

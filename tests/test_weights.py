@@ -1,3 +1,5 @@
+import dataclasses
+import hashlib
 import logging
 import os
 import subprocess
@@ -98,21 +100,70 @@ def test_corrupt_and_pickled_code_are_refused(tmp_path):
         weights.load_state_dict(evil)
 
 
-def test_hash_prefix_mismatch_warns_but_loads(weights_dir, caplog):
+def test_the_published_digests_are_pinned():
+    for spec in weights.REGISTRY.values():
+        assert spec.sha256 is not None and len(spec.sha256) == 64 and int(spec.sha256, 16) >= 0, spec
+    # torch.hub's name for the S3FD file carries its digest's first 10 digits
+    assert weights.REGISTRY["s3fd"].sha256.startswith("619a316812")
+
+
+@pytest.mark.parametrize("given", ["weights dir", "path variable"])
+def test_a_users_own_file_that_differs_is_used_with_a_warning(weights_dir, caplog, monkeypatch, given):
+    """The generated test weights are not the published files: used all the same, with a warning."""
+    if given == "path variable":
+        monkeypatch.delenv("LIPSYNC_WEIGHTS_DIR")
+        monkeypatch.setenv("LIPSYNC_S3FD_PATH", str(weights_dir / "s3fd.pth"))
     with caplog.at_level(logging.INFO, logger="lipsync.weights"):
         path = weights.resolve("s3fd")
-    assert path == weights_dir / "s3fd.pth"
+    assert path == weights_dir / "s3fd.pth" and path.is_file()
+    digest = weights.file_sha256(path)
     assert any("sha256=" in r.message for r in caplog.records)
-    assert any(r.levelno == logging.WARNING and "619a316812" in r.getMessage() for r in caplog.records)
+    warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warned) == 1 and digest in warned[0] and weights.REGISTRY["s3fd"].sha256 in warned[0], warned
 
 
-def test_known_full_hash_is_enforced(tmp_path, monkeypatch):
-    f = tmp_path / "s3fd.pth"
-    f.write_bytes(b"abc")
-    monkeypatch.setitem(weights.REGISTRY, "s3fd", weights.WeightSpec("s3fd", "s3fd.pth", "r", "f", sha256="0" * 64))
-    monkeypatch.setenv("LIPSYNC_WEIGHTS_DIR", str(tmp_path))
-    with pytest.raises(WeightsError, match="does not match the known s3fd weights"):
-        weights.resolve("s3fd")
+def hub(monkeypatch, tmp_path: Path) -> None:
+    """An offline Hugging Face cache in ``tmp_path`` and no local weights: resolve() 'downloads' from it."""
+    import huggingface_hub.constants as hc
+
+    monkeypatch.delenv("LIPSYNC_WEIGHTS_DIR", raising=False)
+    monkeypatch.setattr(hc, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(hc, "HF_HUB_CACHE", str(tmp_path))
+
+
+def test_a_download_that_differs_is_deleted_and_refused(weights_dir, tmp_path, monkeypatch):
+    hub(monkeypatch, tmp_path)
+    spec = weights.spec_for("sfd_face")
+    blob = fake_hub_cache(tmp_path, spec, (weights_dir / "sfd_face.pth").read_bytes())
+    link = next(tmp_path.glob("models--*/snapshots/*/" + spec.filename))
+    with pytest.raises(WeightsError) as err:
+        weights.resolve("sfd_face")
+    message = str(err.value)
+    assert f"sha256 {weights.file_sha256(weights_dir / 'sfd_face.pth')}, expected {spec.sha256}" in message
+    assert "sfd_face" in message and "lithiumice/syncnet" in message and "deleted" in message
+    assert not blob.exists() and not link.is_symlink()  # the next try downloads it again
+
+
+def test_a_download_that_matches_is_used(weights_dir, tmp_path, monkeypatch, caplog):
+    hub(monkeypatch, tmp_path)
+    content = (weights_dir / "sfd_face.pth").read_bytes()
+    digest = hashlib.sha256(content).hexdigest()
+    monkeypatch.setitem(weights.REGISTRY, "sfd_face", dataclasses.replace(weights.REGISTRY["sfd_face"], sha256=digest))
+    blob = fake_hub_cache(tmp_path, weights.spec_for("sfd_face"), content)
+    with caplog.at_level(logging.WARNING, logger="lipsync.weights"):
+        path = weights.resolve("sfd_face")
+    assert path.resolve() == blob.resolve() and not caplog.records
+
+
+def test_a_download_from_a_repo_of_the_users_choosing_is_used_with_a_warning(weights_dir, tmp_path, monkeypatch,
+                                                                           caplog):
+    hub(monkeypatch, tmp_path)
+    monkeypatch.setenv("LIPSYNC_SFD_FACE_REPO", "me/finetuned")
+    blob = fake_hub_cache(tmp_path, weights.spec_for("sfd_face"), (weights_dir / "sfd_face.pth").read_bytes())
+    with caplog.at_level(logging.WARNING, logger="lipsync.weights"):
+        path = weights.resolve("sfd_face")
+    assert path.resolve() == blob.resolve() and blob.exists()
+    assert "not the published sfd_face file" in caplog.text
 
 
 # -- damaged and hostile checkpoints ------------------------------------------------------------------
@@ -178,11 +229,10 @@ def fake_hub_cache(root: Path, spec: weights.WeightSpec, content: bytes) -> Path
 
 
 def test_damaged_checkpoint_in_the_hub_cache_says_delete_the_blob(weights_dir, tmp_path, monkeypatch):
-    import huggingface_hub.constants as hc
-
-    monkeypatch.delenv("LIPSYNC_WEIGHTS_DIR", raising=False)
-    monkeypatch.setattr(hc, "HF_HUB_OFFLINE", True)
-    monkeypatch.setattr(hc, "HF_HUB_CACHE", str(tmp_path))
+    """For a Hub file with no published digest to check it by, loading finds the damage."""
+    hub(monkeypatch, tmp_path)
+    monkeypatch.setitem(weights.REGISTRY, "syncnet_v2",
+                        dataclasses.replace(weights.REGISTRY["syncnet_v2"], sha256=None))
     good = (weights_dir / "syncnet_v2.model").read_bytes()
     blob = fake_hub_cache(tmp_path, weights.spec_for("syncnet_v2"), damage(good, "flipped"))
     with pytest.raises(WeightsError, match=f"delete {blob} \\(the Hugging Face cache's copy\\)"):
