@@ -7,7 +7,7 @@ Importing this module loads and downloads nothing: models load once, on first us
 every request of the process; weights are fetched in a background thread when the app is built, and
 the page shows their status.
 
-Run: ``python app.py [--host HOST] [--port PORT] [--share] [--mcp]``. Environment: see ``Settings``.
+Run: ``python app.py [--host HOST] [--port PORT] [--share] [--no-mcp]``. Environment: see ``Settings``.
 """
 
 from __future__ import annotations
@@ -83,7 +83,17 @@ OUTPUT_DIR_NAME = "lipsync-outputs"
 # FFmpeg runs per piece; the first is short, so that it is out sooner (see patient_stream_audio)
 SEGMENT_SECONDS = 2.0
 FIRST_SEGMENT_SECONDS = 0.6
+# Gradio's streamed video runs these programs on each piece; nothing else here needs them (PyAV, which
+# reads and writes every video, carries FFmpeg in its wheel)
+STREAM_PROGRAMS = ("ffmpeg", "ffprobe")
+NO_STREAM_NOTE = ("Playing the video while it is made needs FFmpeg on this server (the `ffmpeg` and `ffprobe` "
+                  "programs, e.g. `apt-get install ffmpeg`): without it the whole video appears when it is done.")
 StopCheck = Callable[[], bool]  # asked by the engine and the evaluator as they go: True stops the run
+
+
+def can_stream_video() -> bool:
+    """Whether the output can play while it is made: Gradio's streamed video needs ``STREAM_PROGRAMS``."""
+    return all(shutil.which(program) for program in STREAM_PROGRAMS)
 
 
 # -- settings ------------------------------------------------------------------------------------------
@@ -100,6 +110,19 @@ def _env_number(name: str, default: float, kind: type = float, minimum: float = 
     return value
 
 
+SWITCH_WORDS = {"1": True, "true": True, "yes": True, "on": True, "0": False, "false": False, "no": False,
+                "off": False}
+
+
+def _env_switch(name: str, default: bool) -> bool:
+    raw = os.environ.get(name, "").strip().lower()
+    if not raw:
+        return default
+    if raw not in SWITCH_WORDS:
+        raise ValueError(f"{name}={raw!r} is neither on nor off: give 1 or 0 (default {int(default)})")
+    return SWITCH_WORDS[raw]
+
+
 @dataclass(frozen=True)
 class Settings:
     """Limits and serving knobs, from environment variables (defaults in brackets).
@@ -111,6 +134,7 @@ class Settings:
     LIPSYNC_QUEUE_SIZE [20]    requests allowed to wait; more are turned away with "queue full"
     LIPSYNC_KEEP_SECONDS [3600] how long uploads and results stay on disk before they are deleted
     LIPSYNC_GPU_MAX_SECONDS [120] on ZeroGPU, the most GPU time one request asks for
+    LIPSYNC_MCP [1]            serve /lipsync, /preview and /evaluate as MCP tools too (0 turns it off)
     """
 
     max_seconds: float = 120.0
@@ -120,20 +144,25 @@ class Settings:
     queue_size: int = 20
     keep_seconds: int = 3600
     gpu_max_seconds: int = 120
+    mcp: bool = True
 
     ENV: ClassVar[dict[str, str]] = {
         "max_seconds": "LIPSYNC_MAX_SECONDS", "max_side": "LIPSYNC_MAX_SIDE", "max_mb": "LIPSYNC_MAX_MB",
         "concurrency": "LIPSYNC_CONCURRENCY", "queue_size": "LIPSYNC_QUEUE_SIZE",
-        "keep_seconds": "LIPSYNC_KEEP_SECONDS", "gpu_max_seconds": "LIPSYNC_GPU_MAX_SECONDS",
+        "keep_seconds": "LIPSYNC_KEEP_SECONDS", "gpu_max_seconds": "LIPSYNC_GPU_MAX_SECONDS", "mcp": "LIPSYNC_MCP",
     }
 
     @classmethod
     def from_env(cls) -> Settings:
-        """Read the environment; ValueError names a variable that is not a positive number."""
+        """Read the environment; ValueError names a variable that is not a positive number (or, for a
+        switch, neither on nor off)."""
         values = {}
         for f in fields(cls):
-            kind = int if f.type in ("int", int) else float
-            values[f.name] = _env_number(cls.ENV[f.name], f.default, kind)
+            if f.type in ("bool", bool):
+                values[f.name] = _env_switch(cls.ENV[f.name], f.default)
+            else:
+                kind = int if f.type in ("int", int) else float
+                values[f.name] = _env_number(cls.ENV[f.name], f.default, kind)
         return cls(**values)
 
     def describe(self) -> str:
@@ -407,12 +436,15 @@ _score_on_gpu = _on_gpu(_score_or_message, _score_gpu_seconds)
 
 
 def client_gone(request: gr.Request | None) -> StopCheck | None:
-    """True once the request's client has disconnected, for the engine to stop and free the models.
+    """True once the request's event is over for Gradio: its client disconnected, or Gradio ended it
+    (its output handling failed, or it was cancelled), for the engine to stop and free the models.
 
-    Gradio marks a session's running events dead when its event stream closes, but offers no
-    public way to ask; this reads its queue (tests/test_app.py checks it still works). None where
-    there is no request (direct calls) and on ZeroGPU, whose GPU functions get pickled arguments
-    in another process, where the queue cannot be seen.
+    Gradio offers no public way to ask; this reads its queue (tests/test_app.py checks it still works):
+    the events of the request's session that run when the handler starts (its own; with
+    LIPSYNC_CONCURRENCY above 1 perhaps another beside it, and the run stops once all are over), kept
+    by identity, so that the session's next request does not keep this one alive. None where there is
+    no request (direct calls) and on ZeroGPU, whose GPU functions get pickled arguments in another
+    process, where the queue cannot be seen.
     """
     connection = getattr(request, "request", None)
     session = getattr(request, "session_hash", None)
@@ -420,9 +452,16 @@ def client_gone(request: gr.Request | None) -> StopCheck | None:
         return None
     queue = connection.app.get_blocks()._queue
 
+    def running() -> list[Any]:
+        return [e for job in queue.active_jobs if job for e in job]
+
+    mine = [e for e in running() if e.session_hash == session]
+    if not mine:
+        return None
+
     def gone() -> bool:
-        events = [e for job in queue.active_jobs if job for e in job if e.session_hash == session]
-        return bool(events) and not any(e.alive for e in events)
+        now = running()
+        return not any(e.alive and any(e is other for other in now) for e in mine)
 
     return gone
 
@@ -600,15 +639,19 @@ class InputScoring:
                                "Also score the input video with its own audio (before / after)")
 
 
+# What each file parameter takes: a URL, or a file uploaded to the app (gradio_client's handle_file does it)
 LIPSYNC_FILES = {
-    "face_video": "Video of a face (mp4, mov, mkv, webm, avi...); give this or face_image.",
-    "face_image": "Still photo of a face (jpg, png, webp), used when face_video is empty.",
-    "audio": "Speech (wav, mp3, m4a, flac, ogg, or a video whose audio is used); its length sets the output's.",
+    "face_video": "Video of a face (mp4, mov, mkv, webm, avi...), as a URL or an uploaded file; give this or "
+                  "face_image.",
+    "face_image": "Still photo of a face (jpg, png, webp), as a URL or an uploaded file; used when face_video is "
+                  "empty.",
+    "audio": "Speech (wav, mp3, m4a, flac, ogg, or a video whose audio is used), as a URL or an uploaded file; its "
+             "length sets the output's.",
     "voice": "Optional: speech that drives the lips while `audio` is what the output plays (e.g. a song's "
              "vocals, with the full mix as audio); as long as audio, within one frame.",
 }
 EVALUATE_FILES = {
-    "video": "The video to score (with its audio).",
+    "video": "The video to score (with its own audio), as a URL or an uploaded file.",
     "reference_video": "Optional second video scored beside it (e.g. the original before lip sync).",
 }
 @dataclass(frozen=True)
@@ -641,11 +684,12 @@ STOPPED = "The request was stopped: its client disconnected."
 
 def endpoint(body: Callable[..., Any], name: str, files: dict[str, str], params: list[Parameter],
              summary: str, returns: str, *, stream: bool = False) -> Callable[..., Any]:
-    """A Gradio handler whose signature and docstring list ``files`` then ``params``.
+    """A Gradio handler named ``name`` whose signature and docstring list ``files`` then ``params``.
 
-    Gradio names the API parameters after the signature and shows the docstring; Python callers may
-    pass them by keyword too. The function calls ``body(values, progress, should_stop)``, values keyed
-    by name; ``should_stop`` (see ``client_gone``) is None when nothing can tell that the client left.
+    Gradio names the API parameters after the signature and shows the docstring, which is also the
+    description of the MCP tool it names ``name``; Python callers may pass them by keyword too. The
+    function calls ``body(values, progress, should_stop)``, values keyed by name; ``should_stop`` (see
+    ``client_gone``) is None when nothing can tell that the client left.
     """
     P = inspect.Parameter
     signature = inspect.Signature(
@@ -831,7 +875,7 @@ def _outputs(request: LipSyncRequest, result: LipSyncResult,
 
 
 run_lipsync = endpoint(
-    _lipsync, "run_lipsync", LIPSYNC_FILES, LIPSYNC_PARAMS + INPUT_SCORING_PARAMS + SCORE_PARAMS,
+    _lipsync, "lipsync", LIPSYNC_FILES, LIPSYNC_PARAMS + INPUT_SCORING_PARAMS + SCORE_PARAMS,
     "Lip-sync a face video (or a still photo) to a speech track with Wav2Lip, then score the result.",
     'The lip-synced MP4 (H.264 + AAC); a Markdown summary (scores, frames without a face); and the same as JSON: '
     '{"output": scores, "input": scores or null, "no_face_ranges", "n_frames", "fps", "duration", "timings", '
@@ -841,12 +885,13 @@ run_lipsync = endpoint(
 
 def _lipsync_stream(values: dict[str, Any], progress: gr.Progress,
                     should_stop: StopCheck | None) -> Iterator[tuple[Any, Any, Any, Any]]:
-    """/lipsync as it is made: each finished piece goes to the streaming player, then /lipsync's outputs."""
+    """/lipsync as it is made: each finished piece goes to the streaming player, then /lipsync's outputs.
+    Where Gradio cannot stream video (see can_stream_video), only /lipsync's outputs, at the end."""
     with _lipsync_errors() as keep:
         request = LipSyncRequest.checked(values, Settings.from_env())
         keep(request)
         progress(0, desc="lip sync, then scoring")
-        for kind, item in _lipsync_run(request, True, should_stop):
+        for kind, item in _lipsync_run(request, can_stream_video(), should_stop):
             if kind == "segment":
                 yield str(item), gr.skip(), gr.skip(), gr.skip()
             else:
@@ -854,9 +899,10 @@ def _lipsync_stream(values: dict[str, Any], progress: gr.Progress,
 
 
 run_lipsync_stream = endpoint(
-    _lipsync_stream, "run_lipsync_stream", LIPSYNC_FILES, LIPSYNC_PARAMS + INPUT_SCORING_PARAMS + SCORE_PARAMS,
+    _lipsync_stream, "lipsync_stream", LIPSYNC_FILES, LIPSYNC_PARAMS + INPUT_SCORING_PARAMS + SCORE_PARAMS,
     f"/lipsync, streamed: the output plays while it is made, in pieces ({FIRST_SEGMENT_SECONDS:g} s, then "
-    f"{SEGMENT_SECONDS:g} s each), then the whole MP4 and the scores come as /lipsync gives them.",
+    f"{SEGMENT_SECONDS:g} s each), then the whole MP4 and the scores come as /lipsync gives them (on a server "
+    "without FFmpeg's programs, only those).",
     "While it runs, the pieces for the streaming player (with gradio_client, snapshots of its HLS playlist: "
     "use the second output); at the end, /lipsync's three outputs: the lip-synced MP4, the Markdown summary and "
     "the JSON.", stream=True)
@@ -877,7 +923,7 @@ def _preview(values: dict[str, Any], progress: gr.Progress, should_stop: StopChe
 
 
 run_preview = endpoint(
-    _preview, "run_preview", PREVIEW_FILES, LIPSYNC_PARAMS + PREVIEW_PARAMS,
+    _preview, "preview", PREVIEW_FILES, LIPSYNC_PARAMS + PREVIEW_PARAMS,
     "One frame of the lip sync, in a few seconds: the face box found (green) and the generated mouth pasted, at the "
     "chosen time, to check the settings (pads, face choice, fixed box) before the full run. A single frame "
     "cannot show the run's smoothing of the box over time.",
@@ -923,7 +969,7 @@ def _evaluate(values: dict[str, Any], progress: gr.Progress,
 
 
 run_evaluate = endpoint(
-    _evaluate, "run_evaluate", EVALUATE_FILES, EVALUATE_PARAMS,
+    _evaluate, "evaluate", EVALUATE_FILES, EVALUATE_PARAMS,
     "Score how well lips and speech agree in a video (SyncNet LSE-D / LSE-C / AV offset).",
     'A table with one row per video and face track (LSE-D: lower is better; LSE-C: higher is better; offset in '
     'frames); the sync confidence over time (columns "time (s)", "confidence", "series"); and a Markdown summary.')
@@ -1101,7 +1147,9 @@ def build_demo(settings: Settings | None = None, status: WeightsStatus | None = 
     with gr.Blocks(title="Wav2Lip lip sync", delete_cache=(settings.keep_seconds, settings.keep_seconds)) as demo:
         gr.Markdown(INTRO)
         weights_md = gr.Markdown(status.markdown(), elem_id="weights-status")
-        gr.Markdown(f"Running on {_device_note()}. {settings.describe()}", elem_id="limits")
+        streams = can_stream_video()
+        gr.Markdown(f"Running on {_device_note()}. " + ("" if streams else NO_STREAM_NOTE + " ")
+                    + settings.describe(), elem_id="limits")
         timer = gr.Timer(1.0)
 
         with gr.Tab("Lip sync", id="lipsync"):
@@ -1131,8 +1179,10 @@ def build_demo(settings: Settings | None = None, status: WeightsStatus | None = 
                     preview_image = gr.Image(label="Preview: the face box (green) and the mouth at that time",
                                              type="numpy", format="png", interactive=False, elem_id="preview-image")
                 with gr.Column():
+                    # without FFmpeg's programs Gradio cannot stream it: the page says so above, and the
+                    # whole video comes in the next player
                     stream_video = gr.Video(label="Playing while it is made", streaming=True, autoplay=True,
-                                            interactive=False, elem_id="stream-video")
+                                            interactive=False, visible=streams, elem_id="stream-video")
                     out_video = gr.Video(label="Lip-synced video (the whole file, to download)", interactive=False,
                                          buttons=["download"], elem_id="output-video")
                     out_summary = gr.Markdown(elem_id="lipsync-summary")
@@ -1200,17 +1250,29 @@ def build_demo(settings: Settings | None = None, status: WeightsStatus | None = 
 
 
 def launch(demo: gr.Blocks, settings: Settings, *, host: str | None = None, port: int | None = None,
-           share: bool = False, mcp: bool = False, block: bool = True) -> tuple[Any, str, str | None]:
+           share: bool = False, block: bool = True) -> tuple[Any, str, str | None]:
     """Start fetching the weights (on ZeroGPU: load every model first), then the server (``block=False``
-    returns at once, for tests); returns (app, local_url, share_url)."""
+    returns at once, for tests), with the MCP server unless ``settings.mcp`` is off; returns (app,
+    local_url, share_url)."""
     if _on_zero_gpu():
         Models.shared().preload()
     demo.weights_status.start()
     return demo.launch(
-        server_name=host, server_port=port, share=share, mcp_server=mcp or None,
+        server_name=host, server_port=port, share=share, mcp_server=serves_mcp(settings),
         max_file_size=int(settings.max_mb * 2**20), allowed_paths=[str(EXAMPLES)],
         prevent_thread_lock=not block, theme=gr.themes.Soft(), footer_links=["api", "gradio"],
+        # an exception that is not this app's gr.Error (one raised in Gradio's own output handling, say)
+        # still reaches the page and gradio_client with its message, never as a bare "Error"
+        show_error=True,
     )
+
+
+def serves_mcp(settings: Settings) -> bool:
+    """Whether the app serves its tools over MCP: asked for (the default) and Gradio's MCP extra installed."""
+    if settings.mcp and importlib.util.find_spec("mcp") is None:
+        log.warning("not serving MCP tools: Gradio's MCP extra is not installed (pip install 'gradio[mcp]')")
+        return False
+    return settings.mcp
 
 
 def _startup_settings() -> Settings:
@@ -1230,13 +1292,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--host", help="address to listen on (default 127.0.0.1, or $GRADIO_SERVER_NAME)")
     parser.add_argument("--port", type=int, help="port (default 7860, or $GRADIO_SERVER_PORT)")
     parser.add_argument("--share", action="store_true", help="also serve through a public gradio.live link")
-    parser.add_argument("--mcp", action="store_true",
-                        help="also expose /lipsync, /preview and /evaluate as MCP tools")
+    parser.add_argument("--no-mcp", action="store_true",
+                        help="do not serve /lipsync, /preview and /evaluate as MCP tools (as LIPSYNC_MCP=0)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if args.mcp and importlib.util.find_spec("mcp") is None:
-        parser.exit(2, "app.py: --mcp needs Gradio's MCP extra: pip install 'gradio[mcp]'\n")
-    launch(demo, _startup_settings(), host=args.host, port=args.port, share=args.share, mcp=args.mcp)
+    settings = _startup_settings()
+    if args.no_mcp:
+        settings = dataclasses.replace(settings, mcp=False)
+    launch(demo, settings, host=args.host, port=args.port, share=args.share)
 
 
 if __name__ == "__main__":

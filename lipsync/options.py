@@ -48,8 +48,8 @@ class LipSyncOptions:
                             "No smoothing of face boxes", group="flags")
     static: bool = option(False, "Use only the first frame of the video (always on for a still image).",
                           "Static: first frame only", group="flags", advanced=True)
-    fps: float = option(DEFAULT_FPS, "Frame rate of the output for a still image.", "FPS for a photo",
-                        minimum=1, maximum=120, group="frames")
+    fps: float = option(DEFAULT_FPS, "Frame rate of the output for a still image, in frames per second.",
+                        "FPS for a photo", minimum=1, maximum=120, group="frames")
     face_det_batch_size: int = option(16, "Frames per face-detector batch (halved on out-of-memory).",
                                       "Detector batch", minimum=1, maximum=MAX_BATCH, group="frames")
     wav2lip_batch_size: int = option(128, "Faces per generator batch (halved on out-of-memory).",

@@ -130,3 +130,37 @@ def torch_threads():
     before = torch.get_num_threads()
     yield torch.set_num_threads
     torch.set_num_threads(before)
+
+
+def path_without(programs: tuple[str, ...], folder: Path) -> str:
+    """A PATH on which none of ``programs`` is found, as on a machine without them.
+
+    Each folder of PATH that holds one of them is replaced by a folder in ``folder`` with links to
+    everything else it holds; the other folders stay as they are.
+    """
+    parts = []
+    for i, entry in enumerate(os.environ.get("PATH", "").split(os.pathsep)):
+        where = Path(entry)
+        if not entry or not any((where / name).exists() for name in programs):
+            parts.append(entry)
+            continue
+        shadow = folder / f"path{i}"
+        shadow.mkdir(parents=True)
+        for item in where.iterdir():
+            if item.name not in programs:
+                (shadow / item.name).symlink_to(item)
+        parts.append(str(shadow))
+    path = os.pathsep.join(parts)
+    assert not any(shutil.which(name, path=path) for name in programs)
+    return path
+
+
+FFMPEG_PROGRAMS = ("ffmpeg", "ffprobe")
+
+
+@pytest.fixture
+def without_ffmpeg(monkeypatch, tmp_path) -> str:
+    """This process's PATH without FFmpeg's programs, for the test (tests/install.sh installs them)."""
+    path = path_without(FFMPEG_PROGRAMS, tmp_path / "bin")
+    monkeypatch.setenv("PATH", path)
+    return path

@@ -483,6 +483,17 @@ time.sleep(600)
 """
 
 
+def a_minute_of_sound(folder: Path) -> Path:
+    """A minute of beeps (some 1500 frames of lip sync: a run that takes a few minutes here)."""
+    import soundfile
+
+    path = folder / "minute.wav"
+    t = np.arange(60 * 16000) / 16000
+    soundfile.write(path, (0.3 * np.sin(2 * np.pi * 180 * t) * (np.sin(2 * np.pi * 2 * t) > 0)).astype(np.float32),
+                    16000)
+    return path
+
+
 @pytest.mark.parametrize("endpoint", ["/lipsync", "/lipsync_stream"])
 def test_a_client_that_leaves_mid_run_frees_the_engine(weights_dir, downloads, tmp_path, monkeypatch, endpoint):
     """The leaving client's run stops at its next batch: the next request does not wait for the rest of
@@ -492,13 +503,7 @@ def test_a_client_that_leaves_mid_run_frees_the_engine(weights_dir, downloads, t
     import sys
     import tempfile
 
-    import numpy as np
-    import soundfile
-
-    long_speech = tmp_path / "minute.wav"
-    t = np.arange(60 * 16000) / 16000
-    soundfile.write(long_speech, (0.3 * np.sin(2 * np.pi * 180 * t) * (np.sin(2 * np.pi * 2 * t) > 0)
-                                  ).astype(np.float32), 16000)
+    long_speech = a_minute_of_sound(tmp_path)
     private = tmp_path / "tmp"  # the server's temporary files (this process), and Gradio's cache in it
     private.mkdir()
     monkeypatch.setattr(tempfile, "tempdir", str(private))
@@ -526,6 +531,41 @@ def test_a_client_that_leaves_mid_run_frees_the_engine(weights_dir, downloads, t
     assert not list(private.glob("lipsync-*"))  # the engine's work folders (gradio_client keeps its own here)
 
 
+def test_a_stream_that_gradio_cannot_show_frees_the_engine_at_once(weights_dir, downloads, tmp_path, monkeypatch):
+    """Gradio's output handling fails on the stream's first piece (as it did without FFmpeg's programs):
+    the client hears what went wrong, the run stops at its next batch, and the same client's next
+    request starts at once, not after the rest of the abandoned run (some 100 s of generating here)."""
+    failed, starts = [], []
+
+    async def failing(self, value, output_id, first_chunk):
+        failed.append(time.monotonic())
+        raise RuntimeError("this piece could not be encoded")
+
+    real_engine = app.Models.engine
+
+    def engine(self):  # called with the engine's lock held, as a run starts
+        starts.append(time.monotonic())
+        return real_engine(self)
+
+    monkeypatch.setattr(app.gr.Video, "stream_output", failing)
+    monkeypatch.setattr(app.Models, "engine", engine)
+    before = request_folders()
+    with serve_app() as url:
+        client = Client(url, verbose=False, download_files=str(downloads))
+        with pytest.raises(AppError) as err:
+            client.predict(face_image=handle_file(str(STILL)), audio=handle_file(str(a_minute_of_sound(tmp_path))),
+                           box=FACE_BOX, wav2lip_batch_size=16, score_input=False, api_name="/lipsync_stream")
+        assert "this piece could not be encoded" in str(err.value) and GENERIC not in str(err.value)
+        video, _, _ = client.predict(face_image=handle_file(str(STILL)), audio=handle_file(str(SPEECH)), **FAST,
+                                     score_input=False, api_name="/lipsync")
+        assert_playable_mp4(video, SPEECH)
+    assert failed and len(starts) == 2, (failed, starts)
+    waited = starts[1] - failed[0]
+    print(f"the next request started {waited:.2f} s after the stream failed")
+    assert waited < 15, waited
+    assert len(request_folders() - before) == 1  # the stopped run's folder was removed
+
+
 # -- the handlers and helpers, without a server --------------------------------------------------------
 def test_settings_from_env(monkeypatch):
     monkeypatch.setenv("LIPSYNC_MAX_SECONDS", "30")
@@ -533,6 +573,13 @@ def test_settings_from_env(monkeypatch):
     settings = app.Settings.from_env()
     assert settings.max_seconds == 30 and settings.concurrency == 2 and settings.max_side == 1920
     assert "30 s" in settings.describe() and "1920 px" in settings.describe()
+    assert settings.mcp
+    monkeypatch.setenv("LIPSYNC_MCP", "0")
+    assert not app.Settings.from_env().mcp
+    monkeypatch.setenv("LIPSYNC_MCP", "maybe")
+    with pytest.raises(ValueError, match="LIPSYNC_MCP='maybe' is neither on nor off"):
+        app.Settings.from_env()
+    monkeypatch.delenv("LIPSYNC_MCP")
     monkeypatch.setenv("LIPSYNC_MAX_MB", "lots")
     with pytest.raises(ValueError, match="LIPSYNC_MAX_MB"):
         app.Settings.from_env()
@@ -624,3 +671,14 @@ def test_examples_are_small_and_well_formed():
     assert clip.n_frames > 100  # the evaluator's default minimum track: the examples get scores as they are
     assert audio_duration(SPEECH) > 4.3  # the lip-synced output is long enough too
     assert probe(STILL).is_image
+
+
+def test_without_ffmpeg_the_page_says_what_it_would_add(without_ffmpeg):
+    """Built on a machine without FFmpeg's programs: no streaming player, and the note says why."""
+    assert not app.can_stream_video()
+    demo = app.build_demo(app.Settings())
+    by_id = {b.elem_id: b for b in demo.blocks.values() if getattr(b, "elem_id", None)}
+    assert by_id["stream-video"].visible is False
+    assert app.NO_STREAM_NOTE in by_id["limits"].value
+    assert by_id["output-video"].visible is not False
+

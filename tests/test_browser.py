@@ -32,10 +32,9 @@ def page(weights_dir):
         browser.close()
 
 
-def test_lip_sync_in_the_browser(page, monkeypatch):
-    """The button streams: the first piece plays in the page, sound included, while the engine still
-    works (it waits for the page here), then the whole video and the scores appear."""
-    gate = FirstPieceGate(monkeypatch)
+def fill_the_lip_sync_form(page) -> None:
+    """The example clip and speech uploaded, the fixed face box and whole-frame scoring set (the generated
+    weights find no face)."""
     page.wait_for_selector("#run-lipsync")
     page.locator("#face-video input[type=file]").set_input_files(str(CLIP))
     page.locator("#audio input[type=file]").set_input_files(str(SPEECH))
@@ -47,6 +46,13 @@ def test_lip_sync_in_the_browser(page, monkeypatch):
     page.wait_for_selector("#face-video video", timeout=60_000)
     page.wait_for_selector("#audio audio, #audio wave, #audio [data-testid=waveform-controls]", state="attached",
                            timeout=60_000)
+
+
+def test_lip_sync_in_the_browser(page, monkeypatch):
+    """The button streams: the first piece plays in the page, sound included, while the engine still
+    works (it waits for the page here), then the whole video and the scores appear."""
+    gate = FirstPieceGate(monkeypatch)
+    fill_the_lip_sync_form(page)
     page.locator("#run-lipsync").click()
     # half of the first piece (0.6 s) plays: picture and sound of it are in the page
     page.wait_for_function(
