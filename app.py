@@ -40,18 +40,18 @@ import pandas as pd
 import torch
 from gradio.utils import get_upload_folder
 
+from common import optspec, precision, weights
+from common.errors import Cancelled, InputError, LipSyncError
+from common.hashing import content_key, file_sha256
+from common.optspec import Parameter, option
 from face_detection.s3fd import S3FD
 from face_detection.sfd_face import SFDFace
 from lipsync import model as wav2lip_model
-from lipsync import optspec, precision, weights
-from lipsync.errors import Cancelled, InputError, LipSyncError
-from lipsync.hashing import content_key, file_sha256
-from lipsync.media import MediaInfo, audio_duration, probe
 from lipsync.model import Wav2Lip
 from lipsync.options import CHECKPOINTS, LipSyncOptions
-from lipsync.optspec import Parameter, option
 from lipsync.pipeline import LipSync, LipSyncResult
-from lipsync.segments import Segments
+from media.io import MediaInfo, audio_duration, probe
+from media.segments import Segments
 from syncnet import model as syncnet_model
 from syncnet.constants import VIDEO_FPS
 from syncnet.evaluate import SyncNetEvaluator, VideoResult
@@ -174,7 +174,7 @@ class Settings:
 def check_input(path: str | Path, settings: Settings, role: str, *, audio: bool = False) -> MediaInfo | None:
     """Enforce the limits before any work; InputError says what to change.
 
-    A face (``audio=False``) is probed with lipsync.media.probe, which also rejects files that are not
+    A face (``audio=False``) is probed with media.io.probe, which also rejects files that are not
     videos or images; for the audio only its duration is read (probe wants a picture).
     """
     path = Path(path)

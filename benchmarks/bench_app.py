@@ -53,7 +53,7 @@ def _free_port() -> int:
 def _plant(boxes: np.ndarray, random_scores: bool) -> dict:
     """Load the shared models now, with the planted detector in both; returns the planted detectors."""
     import app
-    from lipsync import precision
+    from common import precision
     from lipsync.options import LipSyncOptions
     from syncnet.evaluate import SyncNetEvaluator
 

@@ -49,7 +49,7 @@ OVERHEAD_TARGET = 0.10  # on 2 cores the batch command should cost at most 10 % 
 def make_clips(n: int, folder: Path) -> list[Path]:
     """``n`` distinct clips, each as long as its sentence (LRS2 clips are single sentences), made once."""
     from benchmarks.make_clip import SENTENCES
-    from lipsync.media import load_audio
+    from media.io import load_audio
     from tests.conftest import make_face_clip, speak
 
     folder.mkdir(parents=True, exist_ok=True)
@@ -201,7 +201,7 @@ def stage_costs(clip: Path, weights: Path, repeats: int = 3) -> dict[str, float]
     import cv2
     import torch
 
-    from lipsync.media import VideoSource
+    from media.io import VideoSource
     from syncnet.crops import JpegRoundTrip
     from syncnet.fused import FusedSyncNet
     from syncnet.model import load_syncnet

@@ -52,7 +52,7 @@ def child(spec: dict, result_path: str) -> None:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     import torch
 
-    from lipsync import precision
+    from common import precision
     from syncnet.evaluate import EvalOptions, SyncNetEvaluator
 
     planted: PlantedDetector | None = None

@@ -50,9 +50,9 @@ def child(spec: dict, result_path: str) -> None:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     import torch
 
-    from lipsync.media import probe
     from lipsync.options import LipSyncOptions
     from lipsync.pipeline import LipSync
+    from media.io import probe
 
     clip, boxes = Path(spec["clip"]), np.load(spec["boxes"])
     start = time.perf_counter()
@@ -99,7 +99,7 @@ def still_photo(clip: Path, path: Path) -> Path:
     """The clip's first frame as a PNG: a still photo of the same face (its frame code says frame 0)."""
     import cv2
 
-    from lipsync.media import frame_at
+    from media.io import frame_at
 
     cv2.imwrite(str(path), frame_at(clip, 0.0))
     return path

@@ -83,15 +83,15 @@ def fidelity(device: str, weights: Path, scratch: Path) -> list[Check]:
     import cv2
     import torch
 
+    from common import precision
+    from common import weights as weight_files
     from face_detection.detector import FaceDetector
     from face_detection.sfd_face import SFDFace
     from face_detection.tracking import iou
-    from lipsync import precision
-    from lipsync import weights as weight_files
-    from lipsync.media import iter_frames
     from lipsync.model import generate, load_wav2lip
     from lipsync.options import LipSyncOptions
     from lipsync.pipeline import LipSync
+    from media.io import iter_frames
     from syncnet.evaluate import SyncNetEvaluator
     from syncnet.fused import FusedSyncNet
     from syncnet.model import load_syncnet
@@ -231,7 +231,7 @@ def speed(device: str, weights: Path, clips: Path, seconds: list[int]) -> list[d
 
 
 def evaluator_dtype(evaluator, options):
-    from lipsync import precision
+    from common import precision
 
     return precision.resolve(options.precision, evaluator.device)
 

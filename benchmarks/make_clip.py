@@ -2,7 +2,7 @@
 
 The astronaut's head (``skimage.data.astronaut()``) glides smoothly over a mildly textured background
 while espeak-ng reads sentences (repeated until the clip is long enough). Frames are written one at a
-time through ``lipsync.media.VideoWriter``: nothing grows with the clip's length.
+time through ``media.io.VideoWriter``: nothing grows with the clip's length.
 
 Next to the clip goes ``<clip>.boxes.npy``: per frame, the x1 y1 x2 y2 box (clip pixels) of the face
 where it was placed, so a benchmark can plant detections or a fixed box. Every frame also carries its
@@ -132,7 +132,7 @@ def frames(n_frames: int) -> Iterator[np.ndarray]:
 def speech(seconds: float, folder: Path) -> tuple[np.ndarray, int]:
     """``(audio (1, n) float32, rate)``: espeak-ng sentences back to back, cut to exactly ``seconds``
     (where espeak-ng is not installed, a bare GPU machine, the committed example speech repeated)."""
-    from lipsync.media import load_audio
+    from media.io import load_audio
 
     espeak = shutil.which("espeak-ng")
     pieces: list[np.ndarray] = []
@@ -171,7 +171,7 @@ def make_clip(path: Path, seconds: float, *, boxes_path: Path | None = None, box
     np.save(boxes_path, face_boxes(n_frames))
     if boxes_only:
         return path
-    from lipsync.media import VideoWriter
+    from media.io import VideoWriter
 
     with tempfile.TemporaryDirectory(prefix="make-clip-") as tmp:
         audio, rate = speech(n_frames / float(FPS), Path(tmp))

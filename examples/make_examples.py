@@ -25,7 +25,7 @@ import soundfile as sf
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))  # run as a script from anywhere
 
-from lipsync.media import VideoWriter, load_audio  # noqa: E402
+from media.io import VideoWriter, load_audio  # noqa: E402
 
 SIZE = 256  # output frames are SIZE x SIZE
 FPS = Fraction(25)

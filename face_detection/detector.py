@@ -14,8 +14,8 @@ import cv2
 import numpy as np
 import torch
 
+from common.network_batches import in_batches
 from face_detection import s3fd, sfd_face
-from face_detection.batching import in_batches
 from face_detection.cores import across_cores, workers_for
 from face_detection.memory import release_free_memory
 from face_detection.postprocess import s3fd_detections, sfd_face_detections, ssd_priors

@@ -1,6 +1,6 @@
 """``python -m lipsync FACE AUDIO -o OUT.mp4``: the options of Wav2Lip's inference.py, and a few more.
 
-``python -m lipsync batch PAIRS.csv --out-dir DIR`` lip-syncs many pairs on Ray (:mod:`lipsync.batch`).
+``python -m lipsync batch PAIRS.csv --out-dir DIR`` lip-syncs many pairs on Ray (:mod:`batch.lip_sync`).
 """
 
 from __future__ import annotations
@@ -10,22 +10,17 @@ import logging
 import sys
 from pathlib import Path
 
-from lipsync import optspec
-from lipsync.errors import LipSyncError
+from common import optspec
+from common.cli import add_model_arguments, command_name
+from common.errors import LipSyncError
 from lipsync.options import LipSyncOptions
 
 
-def _prog(package: str) -> str:
-    """The command as the user typed it: ``lipsync``/``lipsync-score``, or ``python -m {package}``."""
-    name = Path(sys.argv[0]).name
-    return f"python -m {package}" if name in ("__main__.py", "-c", "") else name
-
-
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=_prog("lipsync"), description=(
+    p = argparse.ArgumentParser(prog=command_name("lipsync"), description=(
         "Lip-sync a face video or photo to a speech track with Wav2Lip. The output container follows the "
         "extension: .mp4 (H.264 + AAC, plays everywhere) or .mkv (lossless FFV1 + FLAC)."),
-        epilog=f"Many pairs, resumable, on Ray: {_prog('lipsync')} batch --help (a face file named 'batch' is "
+        epilog=f"Many pairs, resumable, on Ray: {command_name('lipsync')} batch --help (a face file named 'batch' is "
                "./batch).")
     p.add_argument("face", type=Path, help="video (mp4, mov, mkv, webm, avi) or image (jpg, png, webp) of a face")
     p.add_argument("audio", type=Path, help="speech: wav, mp3, m4a/aac, flac, ogg, or a video whose audio is used")
@@ -39,17 +34,10 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def add_model_arguments(p: argparse.ArgumentParser) -> None:
-    """Where the checkpoints are and what runs them (the single-run and the batch command alike)."""
-    p.add_argument("--weights-dir", type=Path,
-                   help="folder with the checkpoints (else $LIPSYNC_WEIGHTS_DIR or the Hub)")
-    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
-
-
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["batch"]:
-        from lipsync.batch import main as batch_main
+        from batch.lip_sync import main as batch_main
 
         return batch_main(argv[1:])
     args = build_parser().parse_args(argv)

@@ -17,7 +17,7 @@ from fractions import Fraction
 
 import numpy as np
 
-from lipsync.errors import InputError
+from common.errors import InputError
 
 SAMPLE_RATE = 16000  # Hz; the generator was trained on 16 kHz audio
 N_FFT = 800  # 50 ms window at 16 kHz

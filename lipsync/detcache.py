@@ -2,7 +2,7 @@
 
 Re-running the same video with a new audio track skips detection. Entries are small ``.npz`` files
 (a few numbers per frame) under ``$LIPSYNC_CACHE_DIR`` (default ``~/.cache/lipsync/detections``),
-named by :func:`lipsync.hashing.content_key` of the video and the detection settings.
+named by :func:`common.hashing.content_key` of the video and the detection settings.
 """
 
 from __future__ import annotations

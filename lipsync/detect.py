@@ -9,19 +9,17 @@ the full frames' pixels for the frames the detector saw; :mod:`lipsync.faces` tu
 
 from __future__ import annotations
 
-import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 
 import cv2
 import numpy as np
-import torch
 
-from face_detection.detector import MIN_SIDE, FaceDetector, Variant
-from face_detection.keyframes import mark_key_frames
-from lipsync import faces, weights
-from lipsync.errors import NoFaceError, WeightsError
+from common.errors import NoFaceError
+from common.progress import counted
+from face_detection.detector import MIN_SIDE, FaceDetector
+from face_detection.keyframes import face_sized_reduction, lost_faces, mark_key_frames
+from lipsync import faces
 from lipsync.options import FULL_FRAME, LipSyncOptions
-from lipsync.progress import counted
 
 Detections = dict[int, np.ndarray]
 # Wav2Lip's S3FD runs on frames of at least this many pixels a side (see face_detection.detector)
@@ -54,24 +52,6 @@ def shrink_scale(frame_hw: tuple[int, int], detect_size: int) -> float:
     if max(1, round(min(height, width) * scale)) < DETECTOR_MIN_SIDE:
         scale = min(1.0, DETECTOR_MIN_SIDE / min(height, width))
     return scale
-
-
-def load_detector(name_or_path: str | os.PathLike, variant: Variant, *, device: str | torch.device = "cpu",
-                  weights_dir: str | os.PathLike | None = None, winograd: int | None = None,
-                  dtype: torch.dtype = torch.float32, across_cores: bool = False) -> FaceDetector:
-    """An S3FD detector from a registry name or file (``s3fd`` for lip sync, ``sfd_face`` for scoring).
-
-    ``winograd`` (see FaceDetector): the block size of the deep layers' Winograd convolutions on the
-    CPU in float32, or None for direct ones. The transformed kernels are 4x the weights (about 170 MB
-    more for S3FD). ``across_cores``: see FaceDetector.
-    """
-    path = weights.resolve(name_or_path, weights_dir=weights_dir)
-    fix = weights.how_to_replace(name_or_path, path, weights_dir=weights_dir)
-    try:
-        return FaceDetector(weights.load_state_dict(path, fix=fix), variant=variant, device=device, winograd=winograd,
-                            dtype=dtype, across_cores=across_cores)
-    except ValueError as exc:  # face_detection reports a checkpoint that does not fit the net this way
-        raise WeightsError(f"{path.name}: {exc}") from exc
 
 
 class DetectionPass:
@@ -159,36 +139,6 @@ class EveryFrameDetection:
             for found in self.detector.detect(self._pending):
                 self.dets[len(self.dets)] = found
         self._pending = []
-
-
-# The fast preset detects at the size the faces are: once a key frame has faces, later key frames are
-# shrunk further, until the smallest face found is FACE_TARGET_PX on its shorter side. S3FD's smallest
-# anchors are 16 px (stride 4) and it was trained to find faces from that size up, so 32 px keeps a 2x
-# margin; the frame's shorter side stays at least MIN_SHORT_SIDE px, so the detector's deepest layers
-# (stride 128) still see a few cells. A key frame that loses a face at the smaller size is detected
-# again at the preset's size, and refinement between key frames runs at the preset's size too. On a
-# 720p talking head 190 px wide (47 px at 320 px) the key frames go from 320x180 to 228x128 px.
-FACE_TARGET_PX = 32
-MIN_SHORT_SIDE = 128
-SCALE_RULE = f"faces-{FACE_TARGET_PX}px-min{MIN_SHORT_SIDE}"  # for the detection cache's key
-
-
-def face_sized_reduction(found: np.ndarray, scale: float, small_hw: tuple[int, int]) -> float | None:
-    """How much further than ``scale`` frames can shrink for the faces ``found`` (boxes in full-frame
-    pixels) to keep FACE_TARGET_PX on their shorter side, the shrunk frame's shorter side kept at
-    MIN_SHORT_SIDE; ``small_hw`` is the frame's size at ``scale``. 1: no further; None: no faces to tell."""
-    if len(found) == 0:
-        return None
-    sides = np.minimum(found[:, 2] - found[:, 0], found[:, 3] - found[:, 1]) * scale
-    floor = min(1.0, MIN_SHORT_SIDE / min(small_hw))
-    return float(np.clip(FACE_TARGET_PX / max(float(sides.min()), 1.0), floor, 1.0))
-
-
-def lost_faces(found: Sequence[np.ndarray], before: int) -> list[int]:
-    """Which of consecutive key frames, detected shrunk further, must be detected again at the preset's
-    size: those with no face, or fewer than the key frame before them (``before`` faces before the first)."""
-    counts = [before] + [len(d) for d in found]
-    return [k for k, d in enumerate(found) if len(d) == 0 or len(d) < counts[k]]
 
 
 class KeyFrameDetection:

@@ -11,9 +11,9 @@ from collections.abc import Iterable, Mapping
 
 import numpy as np
 
+from common.errors import InputError
 from face_detection.boxes import WAV2LIP_SMOOTH_WINDOW, choose_face, fill_gaps, pad_boxes, smooth_boxes, true_runs
 from face_detection.tracking import iou
-from lipsync.errors import InputError
 from lipsync.options import LipSyncOptions
 
 # Below this overlap with the previous frame's box, a detection is taken to be another face (or the

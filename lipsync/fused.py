@@ -18,6 +18,7 @@ import os
 import torch
 from torch import nn
 
+from common.folding import fold_into
 from face_detection.winograd import WinogradConv2d
 from lipsync.model import Conv2d, Conv2dTranspose, Wav2Lip, load_wav2lip
 
@@ -40,34 +41,6 @@ WINOGRAD_BLOCKS = {
 # 16 faces at once rose 118-170 MB above its input, in parts of 3 faces 48 MB, at the same speed within
 # the noise; the whole generator's peak over its loaded size went from 225-231 to 184-186 MB (direct: 140).
 WINOGRAD_TILE_BYTES = 4 << 20
-
-
-def fold_batch_norm(weight: torch.Tensor, bias: torch.Tensor | None, bn: nn.modules.batchnorm._BatchNorm, *,
-                    out_dim: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """Weight and bias of a convolution (any kernel rank) followed by eval-mode ``bn``.
-
-    ``out_dim`` is the weight's output-channel dimension: 0 for convolutions, 1 for transposed ones
-    (their weights are (in, out, ...)).
-    """
-    scale = bn.weight.double() / torch.sqrt(bn.running_var.double() + bn.eps)
-    b = torch.zeros_like(scale) if bias is None else bias.double()
-    shape = [1] * weight.dim()
-    shape[out_dim] = -1
-    folded_w = weight.double() * scale.view(shape)
-    folded_b = (b - bn.running_mean.double()) * scale + bn.bias.double()
-    return folded_w.to(weight.dtype), folded_b.to(weight.dtype)
-
-
-def fold_into(conv: nn.Conv2d | nn.ConvTranspose2d, bn: nn.modules.batchnorm._BatchNorm) -> None:
-    """Fold eval-mode ``bn`` into ``conv``'s weight and bias, in place (``conv`` gains a bias if it had
-    none); the weight keeps its memory layout."""
-    weight, bias = fold_batch_norm(conv.weight.detach(), None if conv.bias is None else conv.bias.detach(), bn,
-                                   out_dim=1 if isinstance(conv, nn.modules.conv._ConvTransposeNd) else 0)
-    if conv.bias is None:
-        conv.bias = nn.Parameter(torch.empty_like(bias))
-    with torch.no_grad():
-        conv.weight.copy_(weight)
-        conv.bias.copy_(bias)
 
 
 class FoldedConv(nn.Module):

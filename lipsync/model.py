@@ -15,8 +15,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from face_detection.batching import in_batches
-from lipsync import weights
+from common import weights
+from common.network_batches import in_batches
 
 FACE_SIZE = 96  # generator input/output side, pixels
 MASK_FROM_ROW = FACE_SIZE // 2  # rows 48..95 (mouth half) are hidden from the generator
@@ -156,7 +156,7 @@ def load_wav2lip(name_or_path: str | os.PathLike = "wav2lip_gan", *, device: str
     """Build Wav2Lip, load a checkpoint (key/shape checked; WeightsError names the first mismatch).
 
     Returned in eval mode and channels_last memory format, which lets oneDNN/cuDNN pick faster kernels,
-    computing in ``dtype`` (see :mod:`lipsync.precision`).
+    computing in ``dtype`` (see :mod:`common.precision`).
     """
     model = Wav2Lip()
     weights.load_model(model, name_or_path, label=LABEL, weights_dir=weights_dir)

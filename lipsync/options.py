@@ -1,6 +1,6 @@
 """Options of a lip-sync run: one frozen dataclass, declared and validated in one place.
 
-Each field carries its help, UI label, choices and bounds (see :mod:`lipsync.optspec`); the CLI
+Each field carries its help, UI label, choices and bounds (see :mod:`common.optspec`); the CLI
 flags, the app's Advanced panel and the ``/lipsync`` API parameters are derived from them. Defaults
 and meanings follow the original ``inference.py``; the options past ``wav2lip_batch_size`` are additions.
 """
@@ -10,10 +10,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+from common.errors import InputError
+from common.optspec import check_bounds, option
+from common.precision import Precision
 from face_detection.boxes import WAV2LIP_PADS
-from lipsync.errors import InputError
-from lipsync.optspec import check_bounds, option
-from lipsync.precision import Precision
 
 Sides = tuple[int, int, int, int]  # (top, bottom, left, right), as inference.py's --box/--crop/--pads
 SIDES = ("top", "bottom", "left", "right")

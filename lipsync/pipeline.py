@@ -28,20 +28,23 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from common import precision, weights
+from common.errors import Cancelled, InputError, NoFaceError
+from common.hashing import content_key, file_sha256
+from common.overlap import Prefetch, WriteBehind
 from face_detection.detector import FaceDetector
+from face_detection.keyframes import SCALE_RULE
+from face_detection.loading import load_detector
 from face_detection.memory import release_free_memory
 from face_detection.winograd import DEFAULT_BLOCK
-from lipsync import detcache, detect, faces, precision, vad, weights
+from lipsync import detcache, detect, faces, vad
 from lipsync.audio import SAMPLE_RATE, mel_chunks, melspectrogram
 from lipsync.compose import crossfade, paste
-from lipsync.errors import Cancelled, InputError, NoFaceError
 from lipsync.fused import load_folded_wav2lip
-from lipsync.hashing import content_key, file_sha256
-from lipsync.media import VideoSource, VideoWriter, load_audio
 from lipsync.model import FACE_SIZE, generate
 from lipsync.options import FULL_FRAME, LipSyncOptions
-from lipsync.overlap import Prefetch, WriteBehind
-from lipsync.segments import Segments
+from media.io import VideoSource, VideoWriter, load_audio
+from media.segments import Segments
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +55,7 @@ FRAME_BUFFER_BYTES = 128 * 1024 * 1024
 # are no faster there, and their activations cost about 10 MB per face (a pass of 128 faces peaked
 # above 2 GB). Eval-mode BatchNorm works per face, so the output does not depend on it.
 CPU_GENERATOR_BATCH = 16
-# Batches decoded ahead of and encoded behind the generator (see lipsync.overlap). On 2 CPU cores, one
+# Batches decoded ahead of and encoded behind the generator (see common.overlap). On 2 CPU cores, one
 # batch each way made a 10 s 720p run 7 % faster (34.6 -> 32.3 s, two runs each) for 60-100 MB more
 # at the peak; two batches were no faster there and cost 190 MB.
 OVERLAP_BATCHES = 2
@@ -358,7 +361,7 @@ class LipSync:
         self._lock = threading.Lock()
 
     def dtype(self, options: LipSyncOptions) -> torch.dtype:
-        """What the networks compute in for these options on this engine's device (lipsync.precision)."""
+        """What the networks compute in for these options on this engine's device (common.precision)."""
         return precision.resolve(options.precision, self.device)
 
     def winograd(self, options: LipSyncOptions) -> bool:
@@ -396,7 +399,7 @@ class LipSync:
         """
         with self._lock:
             if dtype not in self._detectors:  # FaceDetector applies the Winograd request only where it runs
-                self._detectors[dtype] = detect.load_detector(
+                self._detectors[dtype] = load_detector(
                     "s3fd", "s3fd", device=self.device, dtype=dtype, weights_dir=self.weights_dir,
                     winograd=DEFAULT_BLOCK)
             return self._detectors[dtype]
@@ -464,7 +467,7 @@ class LipSync:
 
     def _cache_key(self, frames: FaceFrames, n_frames: int) -> str:
         settings = {name: getattr(frames.options, name) for name in DETECTION_SETTINGS}
-        settings.update(n_frames=n_frames, dtype=str(self.dtype(frames.options)), scale_rule=detect.SCALE_RULE,
+        settings.update(n_frames=n_frames, dtype=str(self.dtype(frames.options)), scale_rule=SCALE_RULE,
                         detector=file_sha256(weights.resolve("s3fd", weights_dir=self.weights_dir)))
         return content_key(frames.video.path, settings)
 

@@ -15,9 +15,9 @@ import warnings
 
 import numpy as np
 
+from common.errors import DependencyError
 from face_detection.boxes import true_runs
 from lipsync.audio import MEL_FPS, MEL_STEP, SAMPLE_RATE
-from lipsync.errors import DependencyError
 
 WINDOW = 512  # samples per call of silero's 16 kHz model (it takes no other size): 32 ms
 WINDOW_SECONDS = WINDOW / SAMPLE_RATE

@@ -1,6 +1,6 @@
 """``python -m syncnet VIDEO [VIDEO ...]``: LSE-D / LSE-C / AV offset per face track and per video.
 
-``python -m syncnet batch ...`` scores a whole dataset on Ray (:mod:`syncnet.batch`).
+``python -m syncnet batch ...`` scores a whole dataset on Ray (:mod:`batch.scoring`).
 """
 
 from __future__ import annotations
@@ -12,41 +12,27 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from lipsync import optspec
-from lipsync.errors import LipSyncError
-from syncnet.options import EvalOptions
+from common import optspec
+from common.cli import add_model_arguments, command_name
+from common.errors import LipSyncError
+from syncnet.options import CHECKPOINTS, EvalOptions
 
 if TYPE_CHECKING:
     from syncnet.evaluate import VideoResult
 
 
-def _prog(package: str) -> str:
-    """The command as the user typed it: ``lipsync``/``lipsync-score``, or ``python -m {package}``."""
-    name = Path(sys.argv[0]).name
-    return f"python -m {package}" if name in ("__main__.py", "-c", "") else name
-
-
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=_prog("syncnet"), description=(
+    p = argparse.ArgumentParser(prog=command_name("syncnet"), description=(
         "Score lip sync with SyncNet as syncnet_python does: LSE-D (lower is better), LSE-C (higher is "
         "better) and the audio-video offset in frames at 25 fps (positive: the audio leads)."),
-        epilog=f"A whole dataset, resumable, on Ray: {_prog('syncnet')} batch --help (a video named "
+        epilog=f"A whole dataset, resumable, on Ray: {command_name('syncnet')} batch --help (a video named "
                "'batch' is ./batch).")
     p.add_argument("videos", type=Path, nargs="+", metavar="VIDEO", help="video files with speech")
     p.add_argument("--json", action="store_true", help="print machine-readable results (one JSON list)")
     optspec.add_arguments(p.add_argument_group("scoring options"), EvalOptions)
-    add_model_arguments(p)
+    add_model_arguments(p, CHECKPOINTS)
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     return p
-
-
-def add_model_arguments(p: argparse.ArgumentParser) -> None:
-    """Which checkpoints and device score (the single-video and the batch command alike)."""
-    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
-    p.add_argument("--syncnet", default="syncnet_v2", metavar="PATH", help="SyncNet checkpoint (syncnet_v2.model)")
-    p.add_argument("--detector", default="sfd_face", metavar="PATH", help="face detector checkpoint (sfd_face.pth)")
-    p.add_argument("--weights-dir", type=Path,
-                   help="folder with the checkpoints (else $LIPSYNC_WEIGHTS_DIR or the Hub)")
 
 
 def format_table(results: list[VideoResult]) -> str:
@@ -67,13 +53,13 @@ def format_table(results: list[VideoResult]) -> str:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["batch"]:
-        from syncnet.batch import main as batch_main
+        from batch.scoring import main as batch_main
 
         return batch_main(argv[1:])
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(levelname)s %(message)s")
     # model loading and weight hashes are routine; keep the console for notes about the videos
-    logging.getLogger("lipsync.weights").setLevel(logging.WARNING)
+    logging.getLogger("common.weights").setLevel(logging.WARNING)
     try:
         from syncnet.evaluate import SyncNetEvaluator
 

@@ -18,7 +18,7 @@ import cv2
 import numpy as np
 from scipy.signal import medfilt
 
-from lipsync.media import Orientation
+from media.io import Orientation
 from syncnet.constants import CROP_SIZE, VIDEO_FPS
 
 CROP_SCALE = 0.4

@@ -1,7 +1,7 @@
 """SyncNet embeddings of a stream of lip crops and of MFCC windows, in batches.
 
 Both towers run through :func:`forward`, which halves its batch on out-of-memory (see
-``face_detection.batching``) and hands back CPU float32 tensors.
+``common.network_batches``) and hands back CPU float32 tensors.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from face_detection.batching import in_batches
+from common.network_batches import in_batches
 from syncnet.constants import WINDOW_FRAMES
 from syncnet.fused import FusedSyncNet
 from syncnet.mfcc import mfcc

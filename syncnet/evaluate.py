@@ -41,16 +41,16 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from common import precision
+from common.errors import Cancelled, InputError
+from common.overlap import Prefetch
+from common.progress import counted
 from face_detection.detector import FaceDetector
+from face_detection.loading import load_detector
 from face_detection.memory import release_free_memory
 from face_detection.tracking import Track
 from face_detection.winograd import DEFAULT_BLOCK, load_kernels
-from lipsync import precision
-from lipsync.detect import load_detector
-from lipsync.errors import Cancelled, InputError
-from lipsync.media import MediaInfo, VideoSource, audio_duration, load_audio
-from lipsync.overlap import Prefetch
-from lipsync.progress import counted
+from media.io import MediaInfo, VideoSource, audio_duration, load_audio
 from syncnet import scenes
 from syncnet.constants import AUDIO_RATE, CROP_SIZE, SAMPLES_PER_FRAME, VIDEO_FPS, WINDOW_FRAMES
 from syncnet.crops import JpegRoundTrip, crop_face, smooth_track
@@ -164,7 +164,7 @@ class _TrackPlan:
 class SyncNetEvaluator:
     """Loads SyncNet (and, for track mode, the face detector) once, lazily; ``evaluate`` any number of videos.
 
-    ``syncnet`` / ``detector``: registry names or checkpoint paths (see :mod:`lipsync.weights`).
+    ``syncnet`` / ``detector``: registry names or checkpoint paths (see :mod:`common.weights`).
     ``detector_across_cores``: the face detector's batches on all CPU cores at once (FaceDetector's
     ``across_cores``). ``syncnet_across_cores``: in float32 on a CPU, the lip tower's first layer from
     each batch's frames, on all cores (FusedSyncNet's ``across_cores``). Not safe to call ``evaluate``

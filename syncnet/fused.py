@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from lipsync.fused import fold_into
+from common.folding import fold_into
 from syncnet.constants import WINDOW_FRAMES
 from syncnet.lipconv import WinogradLipConv
 from syncnet.model import SyncNet

@@ -13,7 +13,7 @@ import os
 import torch
 from torch import nn
 
-from lipsync import weights
+from common import weights
 
 EMBED_DIM = 1024
 N_MFCC = 13

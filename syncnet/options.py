@@ -1,6 +1,6 @@
 """How to score a video: one frozen dataclass, declared and validated in one place.
 
-Each field carries its help, UI label and bounds (see :mod:`lipsync.optspec`); the ``python -m
+Each field carries its help, UI label and bounds (see :mod:`common.optspec`); the ``python -m
 syncnet`` flags, the app's Evaluate tab, the ``/evaluate`` API parameters and the scoring options
 of ``/lipsync`` are derived from them. The defaults reproduce syncnet_python's real-video pipeline.
 """
@@ -10,9 +10,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+from common.optspec import check_bounds, option
+from common.precision import Precision
 from face_detection.tracking import MAX_MISSED_FRAMES, MIN_FACE_SIZE, MIN_TRACK_DETECTIONS
-from lipsync.optspec import check_bounds, option
-from lipsync.precision import Precision
 from syncnet.constants import WINDOW_FRAMES
 from syncnet.crops import CROP_SCALE
 
@@ -81,3 +81,9 @@ class EvalOptions:
         """Whether key frames after the first with faces are detected at the faces' size: only when not
         every frame is detected (``detect_every`` above 1), the reference's every frame never is."""
         return self.detect_at_face_size and self.detect_every > 1
+
+
+# The checkpoints a scoring command takes, flag: (default, help), for the single-video and the batch
+# command alike (common.cli.add_model_arguments)
+CHECKPOINTS = {"syncnet": ("syncnet_v2", "SyncNet checkpoint (syncnet_v2.model)"),
+               "detector": ("sfd_face", "face detector checkpoint (sfd_face.pth)")}

@@ -12,12 +12,11 @@ from collections.abc import Iterable
 
 import numpy as np
 
+from common.errors import NoFaceError
+from common.progress import counted
 from face_detection.detector import MIN_SIDE, FaceDetector, scaled_size
-from face_detection.keyframes import mark_key_frames
+from face_detection.keyframes import face_sized_reduction, lost_faces, mark_key_frames
 from face_detection.tracking import MAX_MISSED_FRAMES, Track, link_tracks
-from lipsync.detect import face_sized_reduction, lost_faces
-from lipsync.errors import NoFaceError
-from lipsync.progress import counted
 from syncnet import scenes
 from syncnet.constants import VIDEO_FPS
 from syncnet.options import MIN_FRAMES, EvalOptions
@@ -45,8 +44,8 @@ def detect_pass(frames: Iterable[np.ndarray], detector: FaceDetector, options: E
     """Faces on every ``detect_every``-th frame (and the last) and the scene-change score of every frame.
 
     With ``options.face_sized_key_frames``, key frames after the first with faces are shrunk further, as
-    far as its faces allow (``lipsync.detect.face_sized_reduction``); one that lost a face there
-    (``lipsync.detect.lost_faces``) is detected again at ``facedet_scale``.
+    far as its faces allow (``face_detection.keyframes.face_sized_reduction``); one that lost a face there
+    (``face_detection.keyframes.lost_faces``) is detected again at ``facedet_scale``.
     """
     empty = np.zeros((0, 5), np.float32)
     dets: list[np.ndarray] = []

@@ -97,7 +97,7 @@ def make_face_clip(path: Path, face_bgr: np.ndarray, audio_path: Path | None, *,
     """The astronaut's face drifting slowly on a grey canvas, with the given audio."""
     import cv2
 
-    from lipsync.media import VideoWriter, load_audio
+    from media.io import VideoWriter, load_audio
 
     width, height = size
     # a 140x156 face on 320x240, scaled down for smaller canvases

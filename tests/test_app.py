@@ -24,8 +24,8 @@ from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 
 import app
-from lipsync.errors import InputError, WeightsError
-from lipsync.media import audio_duration, probe
+from common.errors import InputError, WeightsError
+from media.io import audio_duration, probe
 
 EXAMPLES = Path(app.__file__).resolve().parent / "examples"
 CLIP, STILL, SPEECH = EXAMPLES / "face_clip.mp4", EXAMPLES / "face_still.jpg", EXAMPLES / "speech.wav"

@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from common.errors import InputError
 from lipsync import audio
-from lipsync.errors import InputError
 
 LOGIC = json.loads((Path(__file__).parent / "data" / "golden" / "inference_logic.json").read_text())
 EDGE_COLUMNS = [0, 1, 103, 104]  # columns the STFT padding reaches (2 hops each side)

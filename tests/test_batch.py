@@ -25,8 +25,8 @@ import numpy as np
 import pytest
 import ray
 
-from lipsync.journal import journal_path, read_table
-from lipsync.media import VideoWriter, load_audio
+from batch.journal import journal_path, read_table
+from media.io import VideoWriter, load_audio
 from tests.conftest import make_face_clip, speak
 
 REPO = Path(__file__).resolve().parents[1]
@@ -260,7 +260,7 @@ def test_killed_workers_fail_their_task_alone_or_are_retried(gcs_address, clips,
 
 
 def test_no_face_is_a_failed_row_with_the_evaluators_message(gcs_address, clips, weights_dir, tmp_path):
-    from lipsync.errors import LipSyncError
+    from common.errors import LipSyncError
     from syncnet.__main__ import main
     from syncnet.evaluate import EvalOptions, SyncNetEvaluator
 
@@ -326,7 +326,7 @@ def test_an_interrupted_driver_resumes_where_it_stopped(gcs_address, clips, weig
 
 def test_lipsync_batch_makes_each_pair_once(gcs_address, clips, weights_dir, tmp_path, capsys):
     from lipsync.__main__ import main
-    from lipsync.media import count_frames
+    from media.io import count_frames
 
     pairs = tmp_path / "pairs.csv"
     pairs.write_text("face,audio,output\n"

@@ -18,11 +18,11 @@ from typing import Any
 
 import pytest
 
-from lipsync import batchrun, cluster
-from lipsync.errors import DependencyError, InputError, LipSyncError
-from lipsync.expr import compile_filter
-from lipsync.journal import Journal, check_table_path, journal_path, read_table, write_table
-from lipsync.listing import read_entries
+from batch import cluster, runner
+from batch.expr import compile_filter
+from batch.journal import Journal, check_table_path, journal_path, read_table, write_table
+from batch.listing import read_entries
+from common.errors import DependencyError, InputError, LipSyncError
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -208,13 +208,13 @@ def test_key_follows_content_and_settings_not_the_path(tmp_path: Path):
 
     def key(path: Path, settings: dict) -> str:
         inputs = {"video": str(path)}
-        return batchrun.task_key("score", inputs, {"video": batchrun.hash_or_none(path)}, settings)
+        return runner.task_key("score", inputs, {"video": runner.hash_or_none(path)}, settings)
 
     assert key(a, {"vshift": 15}) == key(b, {"vshift": 15})
     assert key(a, {"vshift": 15}) != key(c, {"vshift": 15})
     assert key(a, {"vshift": 15}) != key(a, {"vshift": 10})
     missing = tmp_path / "missing.mp4"
-    assert batchrun.hash_or_none(missing) is None
+    assert runner.hash_or_none(missing) is None
     assert key(missing, {}) != key(tmp_path / "other-missing.mp4", {})
 
 
@@ -229,7 +229,7 @@ class CountWorker:
     def versions(self) -> dict[str, str]:
         return {"count-worker": "1"}
 
-    def run(self, task: batchrun.Task) -> dict[str, Any]:
+    def run(self, task: runner.Task) -> dict[str, Any]:
         text = Path(task.inputs["file"]).read_text()
         if text == "bad":
             raise InputError(f"{Path(task.inputs['file']).name} is bad")
@@ -254,12 +254,12 @@ class CountJob:
     def make_worker(self):
         return lambda: CountWorker(self.factor)
 
-    def tasks(self, paths: list[Path]) -> list[batchrun.Task]:
+    def tasks(self, paths: list[Path]) -> list[runner.Task]:
         out = []
         for i, path in enumerate(paths, 1):
             inputs = {"file": str(path)}
-            key = batchrun.task_key(self.kind, inputs, {"file": batchrun.hash_or_none(path)}, self.settings)
-            out.append(batchrun.Task(key, i, inputs, {}))
+            key = runner.task_key(self.kind, inputs, {"file": runner.hash_or_none(path)}, self.settings)
+            out.append(runner.Task(key, i, inputs, {}))
         return out
 
     def rows(self, record):
@@ -287,7 +287,7 @@ def in_process(monkeypatch):
 
         yield each()
 
-    monkeypatch.setattr(batchrun, "_outcomes", outcomes)
+    monkeypatch.setattr(runner, "_outcomes", outcomes)
     return ran
 
 
@@ -295,8 +295,8 @@ def files(folder: Path, contents: dict[str, str]) -> list[Path]:
     return [touch(folder / name, text) for name, text in contents.items()]
 
 
-def run(job: CountJob, paths: list[Path], out: Path, **kwargs) -> batchrun.Outcome:
-    return batchrun.run(job, job.tasks(paths), out, cluster.Resources(), progress=False, **kwargs)
+def run(job: CountJob, paths: list[Path], out: Path, **kwargs) -> runner.Outcome:
+    return runner.run(job, job.tasks(paths), out, cluster.Resources(), progress=False, **kwargs)
 
 
 def test_run_records_failures_and_resumes_without_counting_twice(tmp_path: Path, in_process: list[str]):
@@ -304,7 +304,7 @@ def test_run_records_failures_and_resumes_without_counting_twice(tmp_path: Path,
     out = tmp_path / "r.csv"
     outcome = run(CountJob(), paths, out)
     assert (outcome.ran, outcome.ran_failed, outcome.skipped, outcome.interrupted) == (5, 2, 0, False)
-    assert batchrun.exit_status(outcome) == 1
+    assert runner.exit_status(outcome) == 1
     errors = {Path(r["inputs"]["file"]).name: r["error"] for r in outcome.records}
     assert errors == {"1.txt": None, "2.txt": "2.txt is bad", "3.txt": None,
                       "4.txt": "unexpected ZeroDivisionError: division by zero", "5.txt": None}
@@ -325,7 +325,7 @@ def test_run_records_failures_and_resumes_without_counting_twice(tmp_path: Path,
     fixed = run(CountJob(), paths, out, retry_failed=True)
     assert in_process == ["2.txt", "4.txt"]
     assert [r["value"] for r in read_table(out)] == ["1", "2", "3", None, "5"]  # each file once
-    assert fixed.ran == 2 and fixed.ran_failed == 1 and batchrun.exit_status(fixed) == 1
+    assert fixed.ran == 2 and fixed.ran_failed == 1 and runner.exit_status(fixed) == 1
     assert len(journal_path(out).read_text().splitlines()) == 7  # 5 + 2: the journal only grows
 
 
@@ -342,7 +342,7 @@ def test_changed_settings_run_again_and_renamed_files_do_not(tmp_path: Path, in_
     # the table holds this input under these settings only
     assert [(r["value"], json.loads(r["options"])) for r in read_table(out)] == [(10, {"factor": 10}),
                                                                                  (20, {"factor": 10})]
-    assert batchrun.exit_status(outcome) == 0
+    assert runner.exit_status(outcome) == 0
 
 
 def test_duplicate_entries_run_once(tmp_path: Path, in_process: list[str]):
@@ -356,7 +356,7 @@ def test_interrupted_run_keeps_what_finished_and_resumes(tmp_path: Path, in_proc
     paths = files(tmp_path / "in", {"1.txt": "1", "2.txt": "2", "3.txt": "stop", "4.txt": "4"})
     out = tmp_path / "r.csv"
     outcome = run(CountJob(), paths, out)
-    assert outcome.interrupted and batchrun.exit_status(outcome) == 130
+    assert outcome.interrupted and runner.exit_status(outcome) == 130
     assert [r["value"] for r in read_table(out)] == ["1", "2"]
     (tmp_path / "in" / "3.txt").write_text("3")
     in_process.clear()
@@ -369,14 +369,14 @@ def test_an_interrupt_just_after_a_record_is_journaled_still_puts_it_in_the_tabl
         tmp_path: Path, in_process: list[str], monkeypatch):
     paths = files(tmp_path / "in", {"1.txt": "1", "2.txt": "2", "3.txt": "3"})
     out = tmp_path / "r.csv"
-    append = batchrun.Journal.append
+    append = runner.Journal.append
 
     def append_then_ctrl_c(self, record):
         append(self, record)
         if Path(record["inputs"]["file"]).name == "2.txt":
             raise KeyboardInterrupt  # on disk, not yet among the run's records
 
-    monkeypatch.setattr(batchrun.Journal, "append", append_then_ctrl_c)
+    monkeypatch.setattr(runner.Journal, "append", append_then_ctrl_c)
     outcome = run(CountJob(), paths, out)
     assert outcome.interrupted
     assert [r["value"] for r in read_table(out)] == ["1", "2"]
@@ -423,7 +423,7 @@ def score_record(path: str, role: str, tracks: list[tuple[float, float, int]] | 
 
 
 def test_score_rows_one_per_track_and_summary_per_video():
-    from syncnet.batch import ScoreJob, ScoreWorkerSpec, filter_values, format_summary, summarise
+    from batch.scoring import ScoreJob, ScoreWorkerSpec, filter_values, format_summary, summarise
     from syncnet.options import EvalOptions
 
     records = [score_record("/a.mp4", "video", [(7.0, 5.0, 1), (9.0, 3.0, -3)]),
@@ -449,7 +449,7 @@ def test_score_rows_one_per_track_and_summary_per_video():
 
 
 def test_score_tasks_share_a_reference_and_keep_roles_apart(tmp_path: Path):
-    from syncnet.batch import ScoreJob, ScoreWorkerSpec
+    from batch.scoring import ScoreJob, ScoreWorkerSpec
     from syncnet.options import EvalOptions
 
     gen_a, gen_b = touch(tmp_path / "gen_a.mp4", "a"), touch(tmp_path / "gen_b.mp4", "b")
@@ -466,7 +466,7 @@ def test_score_tasks_share_a_reference_and_keep_roles_apart(tmp_path: Path):
 
 
 def test_lipsync_tasks_name_outputs_and_refuse_two_pairs_writing_one_file(tmp_path: Path):
-    from lipsync.batch import LipSyncJob, LipSyncWorkerSpec
+    from batch.lip_sync import LipSyncJob, LipSyncWorkerSpec
     from lipsync.options import LipSyncOptions
 
     touch(tmp_path / "pairs.csv", "face,audio,output\nf.mp4,a.wav,\nf.mp4,b.wav,sub/named.mkv\n")
@@ -510,7 +510,7 @@ def test_batch_help_has_the_single_commands_options(package: str, options: str):
 
 
 def test_bad_batch_options_exit_2(tmp_path: Path):
-    from syncnet.batch import main
+    from batch.scoring import main
 
     touch(tmp_path / "a.mp4")
     assert main([str(tmp_path), "--out", str(tmp_path / "r.xlsx")]) == 2

@@ -14,6 +14,7 @@ import torch
 
 from benchmarks import bench_original, original
 from benchmarks._common import HEIGHT, PLANTED_SCORE, WIDTH, ChildRun, draw_index, planted_row, say_background
+from face_detection.loading import load_detector
 
 BOXES = np.array([[100.0, 80.0, 300.0, 320.0], [500.0, 200.0, 700.0, 460.0], [40.0, 40.0, 240.0, 280.0]],
                  dtype=np.float32)
@@ -126,19 +127,18 @@ def test_our_planted_detectors_see_background_as_the_originals_do(weights_dir):
     """The same planting on both sides: our networks' random face scores are hooked away too, so our
     post-processing gets no more candidates than the originals' (``--random-scores`` keeps them)."""
     from benchmarks._common import PlantedDetector
-    from lipsync import detect
 
     frame = np.random.default_rng(0).integers(0, 255, (96, 128, 3), np.uint8)
-    unhooked = detect.load_detector(weights_dir / "s3fd.pth", "s3fd")
+    unhooked = load_detector(weights_dir / "s3fd.pth", "s3fd")
     many = sum(len(d) for d in unhooked.detect([frame]))
     assert many > 0  # the random weights' scores pass the 0.05 threshold at many anchors
     PlantedDetector(unhooked, np.zeros((1, 4)), random_scores=True)
     assert sum(len(d) for d in unhooked.detect([frame])) == many
-    real = detect.load_detector(weights_dir / "s3fd.pth", "s3fd")
+    real = load_detector(weights_dir / "s3fd.pth", "s3fd")
     PlantedDetector(real, np.zeros((1, 4)))
     assert sum(len(d) for d in real.detect([frame])) == 0
     # the evaluator's network (its 0.9 threshold leaves few random candidates anyway): face probability 0
-    sfd = detect.load_detector(weights_dir / "sfd_face.pth", "sfd_face")
+    sfd = load_detector(weights_dir / "sfd_face.pth", "sfd_face")
     x = torch.randn(1, 3, 96, 128)
     assert sfd.net(x).conf[..., 1].max() > 0
     PlantedDetector(sfd, np.zeros((1, 4)))

@@ -1,7 +1,7 @@
 """Awkward media, generated here, through the CLI and the app: a valid output or a clear message, never a
 traceback, no temporary files left, and the server keeps serving.
 
-Every file is tiny (10 frames, 0.4 s) and made at run time with PyAV (lipsync.media.VideoWriter), the
+Every file is tiny (10 frames, 0.4 s) and made at run time with PyAV (media.io.VideoWriter), the
 ffmpeg program (an argument list) or PIL/OpenCV. Faces are given a fixed box where finding the face is
 not the point (the generated weights find none), and scoring uses whole frames. Each case names what it
 must end in: "ok" (exit 0, a playable output of the expected size) or a pattern of the message (exit 2 /
@@ -29,7 +29,7 @@ from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 
 import app
-from lipsync.media import VideoWriter, probe
+from media.io import VideoWriter, probe
 from tests.test_app import GENERIC, serve_app
 
 N_FRAMES = 10

@@ -1,7 +1,7 @@
 import numpy as np
 
+from common.hashing import content_key, file_sha256
 from lipsync import detcache
-from lipsync.hashing import content_key, file_sha256
 
 
 def test_round_trip_keeps_faceless_frames(tmp_path, monkeypatch):

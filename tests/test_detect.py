@@ -7,6 +7,7 @@ import cv2
 import numpy as np
 import pytest
 
+from face_detection import keyframes
 from lipsync import detect, faces
 from lipsync.options import LipSyncOptions
 
@@ -55,7 +56,7 @@ def test_faces_detected_at_their_size_match_the_320_px_preset(monkeypatch, face_
     n, options = 61, LipSyncOptions()
     adaptive = BlobDetector()
     boxes, found = boxes_for(clip(face_image_bgr, side, n), n, options, adaptive)
-    monkeypatch.setattr(detect, "FACE_TARGET_PX", 10**6)  # never shrink further: the plain 320 px preset
+    monkeypatch.setattr(keyframes, "FACE_TARGET_PX", 10**6)  # never shrink further: the plain 320 px preset
     preset = BlobDetector()
     ref_boxes, ref_found = boxes_for(clip(face_image_bgr, side, n), n, options, preset)
 
@@ -63,7 +64,7 @@ def test_faces_detected_at_their_size_match_the_320_px_preset(monkeypatch, face_
     assert set(preset.sizes) == {(180, 320)}
     key_sizes = set(adaptive.sizes[1:])  # the first key frame is detected at the preset's size
     if shrinks:
-        assert max(h for h, _ in key_sizes) < 180 and min(h for h, _ in key_sizes) >= detect.MIN_SHORT_SIDE
+        assert max(h for h, _ in key_sizes) < 180 and min(h for h, _ in key_sizes) >= keyframes.MIN_SHORT_SIDE
     else:  # a 90 px face is 20 px wide at 320 px: no room to shrink
         assert key_sizes == {(180, 320)}
     # the same boxes, within the coarser pixels of the smaller frames
@@ -89,12 +90,13 @@ def test_a_face_lost_at_the_small_size_is_looked_for_at_the_preset_size(face_ima
 
 
 def test_detection_cache_key_names_the_scale_rule():
-    assert str(detect.FACE_TARGET_PX) in detect.SCALE_RULE and str(detect.MIN_SHORT_SIDE) in detect.SCALE_RULE
+    rule = keyframes.SCALE_RULE
+    assert str(keyframes.FACE_TARGET_PX) in rule and str(keyframes.MIN_SHORT_SIDE) in rule
 
 
 def test_lost_faces_are_those_with_none_or_fewer_than_the_key_frame_before():
     face = np.zeros((1, 5), np.float32)
     two, none = np.zeros((2, 5), np.float32), np.zeros((0, 5), np.float32)
-    assert detect.lost_faces([face, two, face, none, face], before=2) == [0, 2, 3]
-    assert detect.lost_faces([face, face], before=0) == []
-    assert detect.lost_faces([], before=1) == []
+    assert keyframes.lost_faces([face, two, face, none, face], before=2) == [0, 2, 3]
+    assert keyframes.lost_faces([face, face], before=0) == []
+    assert keyframes.lost_faces([], before=1) == []

@@ -7,7 +7,8 @@ import cv2
 import numpy as np
 import pytest
 
-from lipsync import detect, faces
+from face_detection import keyframes
+from lipsync import faces
 from syncnet.options import EvalOptions
 from syncnet.tracks import detect_pass
 from tests.test_detect import BlobDetector, clip
@@ -40,7 +41,7 @@ def test_key_frames_at_the_faces_size_find_the_same_boxes(face_image_bgr, side, 
     assert set(at_scale.sizes) == {(180, 320)}  # the reference's 0.25
     later = set(at_face.sizes[1:])  # the first key frame is detected at the detector scale
     if shrinks:
-        assert max(h for h, _ in later) < 180 and min(h for h, _ in later) >= detect.MIN_SHORT_SIDE
+        assert max(h for h, _ in later) < 180 and min(h for h, _ in later) >= keyframes.MIN_SHORT_SIDE
     else:  # a 90 px face is 22 px tall at 0.25: no room to shrink
         assert later == {(180, 320)}
     boxes, ref_boxes = _key_boxes(dets, every), _key_boxes(ref, every)

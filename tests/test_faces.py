@@ -3,7 +3,8 @@ import pytest
 
 from face_detection.boxes import true_runs
 from face_detection.keyframes import key_frames, mark_key_frames
-from lipsync import detect, faces
+from face_detection.loading import load_detector
+from lipsync import faces
 from lipsync.options import LipSyncOptions
 from lipsync.pipeline import source_index, transform_frame
 
@@ -93,7 +94,7 @@ def test_transform_frame_resize_rotate_crop():
 
 
 def test_options_are_validated():
-    from lipsync.errors import InputError
+    from common.errors import InputError
 
     with pytest.raises(InputError, match="box"):
         LipSyncOptions(box=(10, 5, 0, 10))
@@ -103,19 +104,19 @@ def test_options_are_validated():
 
 
 def test_wrong_detector_checkpoint_is_a_weights_error(weights_dir):
-    from lipsync.errors import WeightsError
+    from common.errors import WeightsError
 
     with pytest.raises(WeightsError, match=r"sfd_face.pth: s3fd checkpoint does not fit.*variant='sfd_face'"):
-        detect.load_detector(weights_dir / "sfd_face.pth", "s3fd")
+        load_detector(weights_dir / "sfd_face.pth", "s3fd")
 
 
 def test_load_detector_runs_winograd_layers_only_when_asked(weights_dir):
     """Direct convolutions unless asked: the Winograd kernels take 4x the weights' memory (see LipSync.detector)."""
     from face_detection.winograd import WinogradConv2d
 
-    det = detect.load_detector(weights_dir / "s3fd.pth", "s3fd")
+    det = load_detector(weights_dir / "s3fd.pth", "s3fd")
     assert not any(isinstance(m, WinogradConv2d) for m in det.net.modules())
-    det = detect.load_detector(weights_dir / "s3fd.pth", "s3fd", winograd=4)
+    det = load_detector(weights_dir / "s3fd.pth", "s3fd", winograd=4)
     layers = [m for m in det.net.modules() if isinstance(m, WinogradConv2d)]
     # the 9 wide layers, and the 3 first ones where the compiled tile transforms run (one thread)
     assert len(layers) == 12 and sum(m.fused_only for m in layers) == 3

@@ -8,13 +8,13 @@ import pytest
 import torch
 from torch import nn
 
+from common import precision, weights
+from common.folding import fold_batch_norm
 from face_detection.winograd import WinogradConv2d
-from lipsync import precision, weights
 from lipsync.fused import (
     WINOGRAD_BLOCKS,
     WINOGRAD_TILE_BYTES,
     FoldedConv,
-    fold_batch_norm,
     fold_wav2lip,
     load_folded_wav2lip,
     use_winograd,

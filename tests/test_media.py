@@ -1,4 +1,4 @@
-"""lipsync.media: probing, decoding (rotation, retiming), audio loading, writing, and bad inputs.
+"""media.io: probing, decoding (rotation, retiming), audio loading, writing, and bad inputs.
 
 Test media is made here: with numpy/soundfile, with our own writer, and with the ffmpeg program
 (argument lists, test generation only) as an independent reference for rotation and retiming.
@@ -19,8 +19,8 @@ import numpy as np
 import pytest
 import soundfile
 
-from lipsync.errors import InputError
-from lipsync.media import (
+from common.errors import InputError
+from media.io import (
     MediaInfo,
     VideoWriter,
     frame_at,
@@ -544,7 +544,7 @@ def test_image_used_as_audio(tmp_path):
 def test_count_frames_is_exact_without_a_header_count(tmp_path):
     from fractions import Fraction
 
-    from lipsync.media import VideoWriter, count_frames, iter_frames
+    from media.io import VideoWriter, count_frames, iter_frames
 
     for name in ("c.mkv", "c.mp4"):
         path = tmp_path / name
@@ -558,7 +558,7 @@ def test_count_frames_is_exact_without_a_header_count(tmp_path):
 
 
 def test_segments_play_on_their_own_and_add_up_to_the_output(tmp_path):
-    from lipsync.segments import Segments
+    from media.segments import Segments
 
     n, fps = 70, Fraction(25)  # 2.8 s: pieces of 1 s, 1 s and 0.8 s
     audio = tone(16000, 3.0)  # the audio outlasts the picture: the last piece takes the rest
@@ -601,7 +601,7 @@ def test_segments_play_on_their_own_and_add_up_to_the_output(tmp_path):
 
 def _write_in_pieces(folder: Path, n_frames: int, audio_seconds: float, first_seconds: float) -> list[Path]:
     """Pieces of 1 s after a first one of ``first_seconds``, of a 64x48 25 fps video with a tone."""
-    from lipsync.segments import Segments
+    from media.segments import Segments
 
     done: list[Path] = []
     with VideoWriter(folder / "out.mp4", 64, 48, 25, audio=tone(16000, audio_seconds), audio_rate=16000,
@@ -632,7 +632,7 @@ def test_a_video_shorter_than_the_first_segment_is_one_piece_with_all_its_sound(
 
 
 def test_segments_need_h264(tmp_path):
-    from lipsync.segments import Segments
+    from media.segments import Segments
 
     with pytest.raises(ValueError, match="H.264"):
         VideoWriter(tmp_path / "out.mkv", 64, 48, 25, segments=Segments(tmp_path, 1.0, print))

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from lipsync import weights
-from lipsync.errors import WeightsError
+from common import weights
+from common.errors import WeightsError
 from lipsync.model import Wav2Lip, distinct_crops, generate, load_wav2lip, prepare_faces, to_u8
 
 MANIFEST = json.loads((Path(__file__).parent / "data" / "manifests" / "wav2lip.json").read_text())

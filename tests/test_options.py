@@ -1,4 +1,4 @@
-"""Options declared once (lipsync.optspec): the CLI flags, the API parameters and the UI controls come
+"""Options declared once (common.optspec): the CLI flags, the API parameters and the UI controls come
 from the dataclasses' fields and agree with them; values convert and validate in one place."""
 
 from __future__ import annotations
@@ -7,9 +7,9 @@ import dataclasses
 
 import pytest
 
-from lipsync import optspec
+from common import optspec
+from common.errors import InputError
 from lipsync.__main__ import build_parser as lipsync_parser
-from lipsync.errors import InputError
 from lipsync.options import LipSyncOptions
 from syncnet.__main__ import build_parser as syncnet_parser
 from syncnet.options import EvalOptions

@@ -1,4 +1,4 @@
-"""Decode-ahead and write-behind threads (lipsync.overlap): order, bounds, failures, early exits."""
+"""Decode-ahead and write-behind threads (common.overlap): order, bounds, failures, early exits."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from lipsync.overlap import Prefetch, WriteBehind
+from common.overlap import Prefetch, WriteBehind
 
 
 def test_prefetch_keeps_order_and_reads_at_most_depth_ahead():

@@ -271,7 +271,7 @@ def front_matter() -> dict:
 def test_front_matter_preloads_exactly_the_registry_checkpoints():
     """Each item is "repo file,file[ revision]" (the Spaces config reference); a file preloaded at another
     revision than the registry's, or one the app does not use, would be downloaded for nothing."""
-    from lipsync.weights import REGISTRY
+    from common.weights import REGISTRY
 
     preloaded: dict[tuple[str, str], str] = {}
     for item in front_matter()["preload_from_hub"]:
@@ -286,13 +286,13 @@ def test_front_matter_preloads_exactly_the_registry_checkpoints():
             preloaded[repo, name] = revision
     wanted = {(spec.repo_id, spec.filename): spec.revision for spec in REGISTRY.values()}
     assert preloaded == wanted, (
-        "preload_from_hub must list lipsync.weights.REGISTRY's files, at its revisions:\n"
+        "preload_from_hub must list common.weights.REGISTRY's files, at its revisions:\n"
         f"  missing: {sorted(wanted.items() - preloaded.items())}\n"
         f"  not in the registry: {sorted(preloaded.items() - wanted.items())}")
 
 
 def test_front_matter_models_cover_the_registry_repos():
-    from lipsync.weights import REGISTRY
+    from common.weights import REGISTRY
 
     missing = sorted({spec.repo_id for spec in REGISTRY.values()} - set(front_matter()["models"]))
     assert not missing, f"models: in README.md's front matter lacks the weights' Hub repos {missing}"

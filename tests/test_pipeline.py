@@ -13,11 +13,11 @@ import numpy as np
 import pytest
 import torch
 
+from common.errors import InputError, NoFaceError
 from face_detection.winograd import WinogradConv2d
-from lipsync.errors import InputError, NoFaceError
-from lipsync.media import iter_frames, load_audio, probe
 from lipsync.options import LipSyncOptions
 from lipsync.pipeline import LipSync
+from media.io import iter_frames, load_audio, probe
 from tests.conftest import make_face_clip
 
 # Where tests/conftest.py's clip keeps the face: x in 40..220, y in 30..206 over the whole clip.
@@ -176,7 +176,7 @@ def test_frames_are_written_while_detection_goes_on(engine, planted, face_image_
     """The render pass starts after the first frames' boxes, not after the whole detection pass."""
     import soundfile
 
-    from lipsync import media
+    from media import io as media
 
     clip = make_face_clip(tmp_path / "long.mp4", face_image_bgr, None, seconds=10.0)  # 250 frames
     wav, rate = load_audio(speech_wav, sample_rate=16000)
@@ -197,8 +197,8 @@ def test_frames_are_written_while_detection_goes_on(engine, planted, face_image_
 
 
 def test_segments_are_handed_over_while_the_run_goes_on(engine, face_clip, speech_wav, tmp_path, monkeypatch):
-    from lipsync import media
-    from lipsync.segments import Segments
+    from media import io as media
+    from media.segments import Segments
 
     written = [0]
     real_write = media.VideoWriter.write
@@ -244,7 +244,7 @@ def test_no_face_frames_pass_through_and_strict_stops(engine, planted, face_imag
     clip = tmp_path / "gap.mp4"
     grey = np.full((240, 320, 3), 128, np.uint8)
     face = cv2.resize(face_image_bgr[20:300, 130:380], (140, 156))
-    from lipsync.media import VideoWriter
+    from media.io import VideoWriter
 
     with VideoWriter(clip, 320, 240, Fraction(25)) as w:
         for i in range(50):
@@ -261,7 +261,7 @@ def test_no_face_frames_pass_through_and_strict_stops(engine, planted, face_imag
 
 
 def test_no_face_anywhere_is_a_clear_error(engine, planted, speech_wav, tmp_path):
-    from lipsync.media import VideoWriter
+    from media.io import VideoWriter
 
     clip = tmp_path / "empty.mp4"
     with VideoWriter(clip, 64, 48, Fraction(25)) as w:
@@ -464,7 +464,7 @@ def test_preview_detects_on_its_frame_and_says_when_there_is_no_face(engine, pla
     assert planted.calls == 1  # one frame detected, not the whole video
     padded = (int(x1), int(y1), int(x2), min(240, int(y2) + 10))
     assert (box_outline(preview, padded) == PREVIEW_BOX_BGR).all()
-    from lipsync.media import VideoWriter
+    from media.io import VideoWriter
 
     blank = tmp_path / "blank.mp4"
     with VideoWriter(blank, 64, 48, Fraction(25)) as w:
@@ -478,7 +478,7 @@ def test_preview_detects_on_its_frame_and_says_when_there_is_no_face(engine, pla
 # -- frames too small for the face detector, degenerate boxes ---------------------------------------------
 
 def plain_clip(path: Path, width: int, height: int, n: int = 10, value: int = 90) -> Path:
-    from lipsync.media import VideoWriter
+    from media.io import VideoWriter
 
     with VideoWriter(path, width, height, Fraction(25)) as w:
         for i in range(n):
@@ -567,7 +567,7 @@ def test_one_pixel_boxes_reach_the_generator(engine, short_speech, tmp_path, mon
 
 
 def test_should_stop_ends_the_run_between_batches_and_leaves_nothing(engine, face_clip, speech_wav, tmp_path):
-    from lipsync.errors import Cancelled
+    from common.errors import Cancelled
 
     asked = []
 

@@ -1,4 +1,4 @@
-"""The precision policy (lipsync.precision) and the 16-bit paths, bounded against float32.
+"""The precision policy (common.precision) and the 16-bit paths, bounded against float32.
 
 The bounds are about twice what was measured with the generated (golden-formula) weights on the
 golden inputs: generator output mean 0.18 (0.14 folded, as the engine runs it) and max 1 grey level;
@@ -14,11 +14,11 @@ import numpy as np
 import pytest
 import torch
 
+from common import precision, weights
+from common.errors import InputError
 from face_detection.detector import FaceDetector
 from face_detection.sfd_face import SFDFace
 from face_detection.tracking import iou
-from lipsync import precision, weights
-from lipsync.errors import InputError
 from lipsync.fused import load_folded_wav2lip
 from lipsync.model import generate, load_wav2lip
 from lipsync.options import LipSyncOptions

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from lipsync.errors import InputError, WeightsError
+from common.errors import InputError, WeightsError
 from syncnet import crops, scenes, score
 from syncnet.embed import LipWindows
 from syncnet.evaluate import EvalOptions, to_int16
@@ -406,7 +406,7 @@ def test_full_range_planes_are_ffmpegs_for_every_level(tmp_path: Path):
 @pytest.mark.parametrize("rotate", [0, 90])
 def test_decoded_frames_give_ffmpegs_jpegs_pixel_for_pixel(tmp_path: Path, face_image_bgr: np.ndarray, rotate: int):
     """``ffmpeg -i video.mp4 -threads 1 -f image2 %06d.jpg`` + cv2.imread, as the LRS2 script reads a video."""
-    from lipsync.media import VideoWriter, iter_video_frames
+    from media.io import VideoWriter, iter_video_frames
 
     video = tmp_path / "face.mp4"
     with VideoWriter(video, 224, 224, 25) as writer:

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 import torch
 
-from lipsync.errors import InputError, NoFaceError
-from lipsync.media import VideoWriter
+from common.errors import InputError, NoFaceError
+from media.io import VideoWriter
 from syncnet.evaluate import EvalOptions, SyncNetEvaluator, VideoResult
 
 REPO = Path(__file__).resolve().parents[1]
@@ -220,7 +220,7 @@ def test_whole_frame_scores_match_the_reference_script(evaluator: SyncNetEvaluat
     """The LRS2 script's numbers for lip-synced outputs of a still photo and of a moving video (golden README §3)."""
     expected = GOLDEN_LSE["videos"][name]
     video = REPO / "tests" / "data" / "golden" / "lse_whole_frame" / name
-    from lipsync.hashing import file_sha256
+    from common.hashing import file_sha256
 
     assert file_sha256(video) == expected["sha256"]
     assert file_sha256(evaluator.weights_dir / "syncnet_v2.model") == GOLDEN_LSE["weights_sha256"]
@@ -322,8 +322,8 @@ def test_cli_errors_exit_2_without_traceback_or_temp_files(tmp_path: Path, weigh
 
 
 def test_evaluator_detector_is_sfd_face_with_winograd_and_checks_the_file(weights_dir: Path):
+    from common.errors import WeightsError
     from face_detection.winograd import WinogradConv2d
-    from lipsync.errors import WeightsError
 
     det = SyncNetEvaluator(weights_dir, device="cpu").detector
     assert det.variant == "sfd_face"
@@ -389,7 +389,7 @@ def test_degenerate_track_boxes_give_full_size_crops(box):
 def test_should_stop_ends_each_pass(tmp_path: Path, mode: str, stop_after: int, where: int):
     """Asked once a second of video (25 frames) in every pass: tracks mode's 7th question is at frame 25 of
     its second pass (the detection pass over 120 frames asks 5 times)."""
-    from lipsync.errors import Cancelled
+    from common.errors import Cancelled
 
     clip = planted_clip(tmp_path / "planted.mkv", 120, 2)
     options = EvalOptions(mode=mode, min_track=20)

@@ -8,9 +8,9 @@ import sys
 import numpy as np
 import pytest
 
+from common.errors import DependencyError
 from lipsync import vad
-from lipsync.errors import DependencyError
-from lipsync.media import load_audio
+from media.io import load_audio
 
 
 def test_fade_and_minimum_silence_in_frames_at_25_fps():

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from lipsync import weights
-from lipsync.errors import WeightsError
+from common import weights
+from common.errors import WeightsError
 
 
 class Tiny(torch.nn.Module):
@@ -113,7 +113,7 @@ def test_a_users_own_file_that_differs_is_used_with_a_warning(weights_dir, caplo
     if given == "path variable":
         monkeypatch.delenv("LIPSYNC_WEIGHTS_DIR")
         monkeypatch.setenv("LIPSYNC_S3FD_PATH", str(weights_dir / "s3fd.pth"))
-    with caplog.at_level(logging.INFO, logger="lipsync.weights"):
+    with caplog.at_level(logging.INFO, logger="common.weights"):
         path = weights.resolve("s3fd")
     assert path == weights_dir / "s3fd.pth" and path.is_file()
     digest = weights.file_sha256(path)
@@ -150,7 +150,7 @@ def test_a_download_that_matches_is_used(weights_dir, tmp_path, monkeypatch, cap
     digest = hashlib.sha256(content).hexdigest()
     monkeypatch.setitem(weights.REGISTRY, "sfd_face", dataclasses.replace(weights.REGISTRY["sfd_face"], sha256=digest))
     blob = fake_hub_cache(tmp_path, weights.spec_for("sfd_face"), content)
-    with caplog.at_level(logging.WARNING, logger="lipsync.weights"):
+    with caplog.at_level(logging.WARNING, logger="common.weights"):
         path = weights.resolve("sfd_face")
     assert path.resolve() == blob.resolve() and not caplog.records
 
@@ -160,7 +160,7 @@ def test_a_download_from_a_repo_of_the_users_choosing_is_used_with_a_warning(wei
     hub(monkeypatch, tmp_path)
     monkeypatch.setenv("LIPSYNC_SFD_FACE_REPO", "me/finetuned")
     blob = fake_hub_cache(tmp_path, weights.spec_for("sfd_face"), (weights_dir / "sfd_face.pth").read_bytes())
-    with caplog.at_level(logging.WARNING, logger="lipsync.weights"):
+    with caplog.at_level(logging.WARNING, logger="common.weights"):
         path = weights.resolve("sfd_face")
     assert path.resolve() == blob.resolve() and blob.exists()
     assert "not the published sfd_face file" in caplog.text

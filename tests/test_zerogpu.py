@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 
 import app as app_module
-from lipsync.media import VideoWriter, audio_duration, probe
+from media.io import VideoWriter, audio_duration, probe
 from tests.test_app import CLIP, FAST, SPEECH
 
 

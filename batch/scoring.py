@@ -1,12 +1,12 @@
 """``python -m syncnet batch INPUT --out RESULTS``: LSE-D / LSE-C of every video of a dataset, on Ray.
 
-INPUT is a folder, a glob or a CSV/TXT list (see :mod:`lipsync.listing`) with a ``video`` column and
+INPUT is a folder, a glob or a CSV/TXT list (see :mod:`batch.listing`) with a ``video`` column and
 optionally a ``reference`` one (the real video a generated one was made from: scored too, and summed
 up as its own set, as papers put "real videos" beside each method). Every video is scored with the
 single-video command's options by workers that load SyncNet (and the face detector) once.
 
 The table has one row per video and face track (a failed video: one row with its error), written
-as the run goes (see :mod:`lipsync.journal`); a re-run with the same ``--out`` skips what is done.
+as the run goes (see :mod:`batch.journal`); a re-run with the same ``--out`` skips what is done.
 Beside it: ``RESULTS.summary.json`` (mean and median LSE-D / LSE-C per set, counts, options) and,
 with ``--keep``, ``RESULTS.keep.txt``: the videos that pass a filter such as
 ``"lse_c >= 3 and abs(offset) <= 6"``, one path per line (LatentSync filters its training data so).
@@ -22,13 +22,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from lipsync import batchrun, optspec
-from lipsync.errors import InputError, LipSyncError
-from lipsync.expr import compile_filter
-from lipsync.journal import ColumnType, beside
-from lipsync.listing import read_entries
-from syncnet.__main__ import _prog, add_model_arguments
-from syncnet.options import EvalOptions
+from batch import runner
+from batch.expr import compile_filter
+from batch.journal import ColumnType, beside
+from batch.listing import read_entries
+from common import optspec
+from common.cli import add_model_arguments, command_name
+from common.errors import InputError, LipSyncError
+from syncnet.options import CHECKPOINTS, EvalOptions
 
 COLUMNS: dict[str, ColumnType] = {
     "path": "str", "role": "str", "reference": "str", "sha256": "str",
@@ -60,7 +61,7 @@ class ScoreWorker:
     """A SyncNet evaluator with its models loaded, scoring one video per task."""
 
     def __init__(self, spec: ScoreWorkerSpec) -> None:
-        from lipsync import weights
+        from common import weights
         from syncnet.evaluate import SyncNetEvaluator
 
         self.options = spec.options
@@ -70,12 +71,12 @@ class ScoreWorker:
         if spec.options.mode == "tracks":
             self.evaluator.detector  # noqa: B018
             checkpoints["detector"] = weights.resolve(spec.detector, weights_dir=spec.weights_dir)
-        self._versions = batchrun.software_versions(checkpoints, str(self.evaluator.device))
+        self._versions = runner.software_versions(checkpoints, str(self.evaluator.device))
 
     def versions(self) -> dict[str, str]:
         return self._versions
 
-    def run(self, task: batchrun.Task) -> dict[str, Any]:
+    def run(self, task: runner.Task) -> dict[str, Any]:
         result = self.evaluator.evaluate(task.inputs["video"], self.options, progress=False)
         tracks = [{"first_frame": t.first_frame, "last_frame": t.last_frame, "n_windows": t.n_windows,
                    "lse_d": t.lse_d, "lse_c": t.lse_c, "offset": t.offset} for t in result.tracks]
@@ -99,7 +100,7 @@ class ScoreJob:
     def make_worker(self) -> Callable[[], ScoreWorker]:
         return self.spec
 
-    def tasks(self, entries: Sequence[tuple[int, Path, Path | None]], *, progress: bool = False) -> list[batchrun.Task]:
+    def tasks(self, entries: Sequence[tuple[int, Path, Path | None]], *, progress: bool = False) -> list[runner.Task]:
         """One task per video and one per distinct reference, keyed by content, role and settings."""
         from tqdm import tqdm
 
@@ -109,12 +110,12 @@ class ScoreJob:
             for role, path in (("video", video), ("reference", reference)):
                 if path is None:
                     continue
-                digest = batchrun.hash_or_none(path)
+                digest = runner.hash_or_none(path)
                 inputs = {"video": str(path)}
-                key = batchrun.task_key(self.kind, inputs, {"video": digest}, {**self.settings, "role": role})
+                key = runner.task_key(self.kind, inputs, {"video": digest}, {**self.settings, "role": role})
                 info = {"sha256": digest, "role": role,
                         "reference": str(reference) if role == "video" and reference else None}
-                out.append(batchrun.Task(key, number, inputs, info))
+                out.append(runner.Task(key, number, inputs, info))
         return out
 
     def rows(self, record: Mapping[str, Any]) -> list[dict[str, Any]]:
@@ -156,8 +157,8 @@ def summarise(records: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         scored = [r["result"] for r in mine if r["status"] == "ok" and r.get("result")]
         sets[role + "s"] = {
             "entries": len(mine), "scored": len(scored), "failed": len(mine) - len(scored),
-            **{name: batchrun.mean_median([s[name] for s in scored]) for name in ("lse_d", "lse_c", "offset")},
-            "abs_offset": batchrun.mean_median([abs(s["offset"]) for s in scored]),
+            **{name: runner.mean_median([s[name] for s in scored]) for name in ("lse_d", "lse_c", "offset")},
+            "abs_offset": runner.mean_median([abs(s["offset"]) for s in scored]),
         }
     return sets
 
@@ -177,7 +178,7 @@ def format_summary(sets: Mapping[str, Any]) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=f"{_prog('syncnet')} batch", description=(
+    p = argparse.ArgumentParser(prog=f"{command_name('syncnet')} batch", description=(
         "Score every video of a dataset (LSE-D, LSE-C, AV offset) on Ray, with the options of the single-video "
         "command. Results are kept as each video finishes; the same command resumes an interrupted run."))
     p.add_argument("input", metavar="INPUT",
@@ -191,8 +192,8 @@ def build_parser() -> argparse.ArgumentParser:
                         f"{', '.join(FILTER_COLUMNS)}; the video's means over its tracks)")
     p.add_argument("--keep-out", type=Path, metavar="PATH", help="where --keep writes (default RESULTS.keep.txt)")
     optspec.add_arguments(p.add_argument_group("scoring options"), EvalOptions)
-    add_model_arguments(p)
-    batchrun.add_arguments(p)
+    add_model_arguments(p, CHECKPOINTS)
+    runner.add_arguments(p)
     return p
 
 
@@ -200,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         options = optspec.from_namespace(EvalOptions, args)
-        resources = batchrun.resources_from(args)
+        resources = runner.resources_from(args)
         keep = compile_filter(args.keep, FILTER_COLUMNS) if args.keep else None
         entries, base = read_entries(args.input, ROLES)
         spec = ScoreWorkerSpec(options, str(args.weights_dir) if args.weights_dir else None, args.device,
@@ -208,24 +209,24 @@ def main(argv: list[str] | None = None) -> int:
         job = ScoreJob(spec)
         listed = [(e.number, e.path("video", base), e.path("reference", base)) for e in entries]
         tasks = job.tasks(listed, progress=not args.quiet)
-        outcome = batchrun.run(job, tasks, args.out, resources, retry_failed=args.retry_failed,
+        outcome = runner.run(job, tasks, args.out, resources, retry_failed=args.retry_failed,
                                progress=not args.quiet)
         sets = summarise(outcome.records)
         summary: dict[str, Any] = {"results": str(args.out), "interrupted": outcome.interrupted, "sets": sets,
-                                   "options": job.settings, "versions": batchrun.last_versions(outcome.records)}
+                                   "options": job.settings, "versions": runner.last_versions(outcome.records)}
         if keep is not None:
             summary["keep"] = write_keep(outcome.records, keep, args.keep,
                                          args.keep_out or beside(args.out, "keep.txt"))
-        batchrun.write_json(beside(args.out, "summary.json"), summary)
+        runner.write_json(beside(args.out, "summary.json"), summary)
     except LipSyncError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    batchrun.report(outcome, args.out, "scored")
+    runner.report(outcome, args.out, "scored")
     print(format_summary(sets))
     if keep is not None:
         print(f"kept {summary['keep']['kept']} of {summary['keep']['scored']} scored videos: {summary['keep']['list']}",
               file=sys.stderr)
-    return batchrun.exit_status(outcome)
+    return runner.exit_status(outcome)
 
 
 def write_keep(records: Sequence[Mapping[str, Any]], keep: Callable[[Mapping[str, Any]], bool], text: str,

@@ -24,9 +24,9 @@ from av.container import InputContainer
 from av.video.frame import VideoFrame
 from av.video.stream import VideoStream
 
-from lipsync import codecs
-from lipsync.errors import InputError
-from lipsync.segments import Segments
+from common.errors import InputError
+from media import codecs
+from media.segments import Segments
 
 log = logging.getLogger(__name__)
 

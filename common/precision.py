@@ -25,7 +25,7 @@ from typing import Literal
 
 import torch
 
-from lipsync.errors import InputError
+from common.errors import InputError
 
 log = logging.getLogger(__name__)
 

@@ -1,13 +1,13 @@
 """One batch run, whatever the job (scoring videos, lip-syncing pairs): resume, run on Ray, keep, sum up.
 
-A job (``syncnet.batch.ScoreJob``, ``lipsync.batch.LipSyncJob``) says how to build a worker, how to
+A job (``batch.scoring.ScoreJob``, ``batch.lip_sync.LipSyncJob``) says how to build a worker, how to
 turn a finished task's record into table rows, and which records count as done. This module does
 the rest the same way for both:
 
 1. every task has a **key**: the SHA-256 of its input files' contents and of the job's settings
    (options, checkpoints), so a renamed file is still done and changed options run again;
 2. the keys already in the journal are skipped (failed ones too, unless ``--retry-failed``);
-3. the rest run on a :class:`lipsync.cluster.Pool`; each finished task is appended to the journal
+3. the rest run on a :class:`batch.cluster.Pool`; each finished task is appended to the journal
    at once, and the table is rewritten from the records every few seconds and at the end;
 4. Ctrl-C (or SIGTERM) stops the run cleanly: what finished is kept, and the same command resumes.
 """
@@ -34,10 +34,10 @@ from typing import Any, Protocol
 
 from tqdm import tqdm
 
-from lipsync.cluster import Pool, Resources, Worker, connected, import_ray, worker_count
-from lipsync.errors import InputError
-from lipsync.hashing import file_sha256
-from lipsync.journal import ColumnType, Journal, check_table_path, journal_path, latest, write_table
+from batch.cluster import Pool, Resources, Worker, connected, import_ray, worker_count
+from batch.journal import ColumnType, Journal, check_table_path, journal_path, latest, write_table
+from common.errors import InputError
+from common.hashing import file_sha256
 
 TABLE_EVERY_S = 10.0  # the table is rewritten at most this often during a run (the journal at every task)
 # the columns every job's table has, after its own

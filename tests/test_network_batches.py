@@ -7,7 +7,7 @@ import logging
 import pytest
 import torch
 
-from face_detection.batching import in_batches
+from common.network_batches import in_batches
 
 
 def _recorder(limit: int | None = None):

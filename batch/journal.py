@@ -25,7 +25,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import IO, Any, Literal
 
-from lipsync.errors import DependencyError, InputError, LipSyncError
+from common.errors import DependencyError, InputError, LipSyncError
 
 ColumnType = Literal["str", "int", "float"]
 TABLE_SUFFIXES = (".csv", ".parquet")

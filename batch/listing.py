@@ -19,7 +19,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from lipsync.errors import InputError
+from common.errors import InputError
 
 VIDEO_SUFFIXES = frozenset({".mp4", ".mov", ".mkv", ".webm", ".avi", ".m4v", ".mpg", ".mpeg", ".flv", ".ts"})
 LIST_SUFFIXES = frozenset({".csv", ".txt", ".lst"})

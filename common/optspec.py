@@ -25,7 +25,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from lipsync.errors import InputError
+from common.errors import InputError
 
 Kind = Literal["bool", "int", "float", "choice", "numbers"]
 SPEC_KEY = "lipsync.option"

@@ -25,8 +25,8 @@ from pathlib import Path
 
 import torch
 
-from lipsync.errors import WeightsError
-from lipsync.hashing import file_sha256
+from common.errors import WeightsError
+from common.hashing import file_sha256
 
 log = logging.getLogger(__name__)
 

@@ -1,7 +1,6 @@
 """Run a network over a sequence in batches, halving the batch when the device runs out of memory.
 
-It lives here, at the bottom of the dependency graph (face_detection imports nothing of ours), so
-that the face detectors, the Wav2Lip generator and SyncNet all share this one copy.
+The face detectors, the Wav2Lip generator and SyncNet all share this one copy.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Playable pieces of a video while it is being written, for streaming the result as it is made.
 
-A :class:`Segments` object attached to a :class:`lipsync.media.VideoWriter` cuts the H.264 output into
+A :class:`Segments` object attached to a :class:`media.io.VideoWriter` cuts the H.264 output into
 pieces of ``seconds`` seconds: the writer forces an IDR frame at every boundary, and the encoder's
 packets, copied (not encoded again), go into the current piece as well as into the output file. A
 piece is complete when the encoder emits the next IDR frame; it is then closed and handed to
@@ -22,7 +22,7 @@ import av
 import numpy as np
 from av.video.frame import VideoFrame
 
-from lipsync import codecs
+from media import codecs
 
 
 class Segments:

@@ -13,7 +13,7 @@ import operator
 from collections.abc import Callable, Collection, Mapping
 from typing import Any
 
-from lipsync.errors import InputError
+from common.errors import InputError
 
 _COMPARE: dict[type, Callable[[Any, Any], bool]] = {
     ast.Lt: operator.lt, ast.LtE: operator.le, ast.Gt: operator.gt, ast.GtE: operator.ge,

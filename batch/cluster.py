@@ -32,7 +32,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from lipsync.errors import DependencyError, LipSyncError
+from common.errors import DependencyError, LipSyncError
 
 log = logging.getLogger(__name__)
 

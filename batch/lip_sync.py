@@ -4,7 +4,7 @@ PAIRS.csv has a header naming the columns ``face``, ``audio`` and optionally ``o
 paths: face and audio from the CSV's folder, output from DIR; default output name
 ``<face stem>_<audio stem>.mp4``). Every pair is lip-synced with the single-run command's options by
 workers that load Wav2Lip (and the face detector) once, on the same machinery as the scoring batch
-(:mod:`lipsync.batchrun`): the results table (default ``DIR/results.csv``) is kept as each pair
+(:mod:`batch.runner`): the results table (default ``DIR/results.csv``) is kept as each pair
 finishes, a re-run skips the pairs whose output is made, and a failure is a row with its message.
 
 An output is written under a temporary name and renamed when complete, so a killed worker never
@@ -23,11 +23,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from lipsync import batchrun, optspec
-from lipsync.__main__ import _prog, add_model_arguments
-from lipsync.errors import InputError, LipSyncError
-from lipsync.journal import ColumnType, beside
-from lipsync.listing import Entry, read_entries
+from batch import runner
+from batch.journal import ColumnType, beside
+from batch.listing import Entry, read_entries
+from common import optspec
+from common.cli import add_model_arguments, command_name
+from common.errors import InputError, LipSyncError
 from lipsync.options import LipSyncOptions
 
 COLUMNS: dict[str, ColumnType] = {
@@ -55,7 +56,7 @@ class LipSyncWorker:
     """A LipSync engine with its models loaded, making one output per task."""
 
     def __init__(self, spec: LipSyncWorkerSpec) -> None:
-        from lipsync import weights
+        from common import weights
         from lipsync.pipeline import LipSync
 
         self.options = spec.options
@@ -65,12 +66,12 @@ class LipSyncWorker:
         if spec.options.box is None:
             self.engine.detector()
             checkpoints["detector"] = weights.resolve(DETECTOR, weights_dir=spec.weights_dir)
-        self._versions = batchrun.software_versions(checkpoints, str(self.engine.device))
+        self._versions = runner.software_versions(checkpoints, str(self.engine.device))
 
     def versions(self) -> dict[str, str]:
         return self._versions
 
-    def run(self, task: batchrun.Task) -> dict[str, Any]:
+    def run(self, task: runner.Task) -> dict[str, Any]:
         output = Path(task.info["output"])
         partial = output.with_name(f".{output.stem}.partial{output.suffix}")
         try:
@@ -105,7 +106,7 @@ class LipSyncJob:
     def make_worker(self) -> Callable[[], LipSyncWorker]:
         return self.spec
 
-    def tasks(self, entries: Sequence[Entry], base: Path, out_dir: Path) -> list[batchrun.Task]:
+    def tasks(self, entries: Sequence[Entry], base: Path, out_dir: Path) -> list[runner.Task]:
         """One task per pair, keyed by both files' contents, the output path and the options."""
         seen: dict[str, tuple[int, tuple[str, str]]] = {}
         out = []
@@ -119,10 +120,10 @@ class LipSyncJob:
                 raise InputError(f"lines {first[0]} and {entry.number} both write {output}: give each pair its own "
                                  "output in an output column")
             inputs = {"face": str(face), "audio": str(audio)}
-            hashes = {role: batchrun.hash_or_none(path) for role, path in inputs.items()}
-            key = batchrun.task_key(self.kind, inputs, hashes, {**self.settings, "output": str(output)})
+            hashes = {role: runner.hash_or_none(path) for role, path in inputs.items()}
+            key = runner.task_key(self.kind, inputs, hashes, {**self.settings, "output": str(output)})
             info = {"face_sha256": hashes["face"], "audio_sha256": hashes["audio"], "output": str(output)}
-            out.append(batchrun.Task(key, entry.number, inputs, info))
+            out.append(runner.Task(key, entry.number, inputs, info))
         return out
 
     def rows(self, record: Mapping[str, Any]) -> list[dict[str, Any]]:
@@ -153,7 +154,7 @@ def format_summary(s: Mapping[str, Any]) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=f"{_prog('lipsync')} batch", description=(
+    p = argparse.ArgumentParser(prog=f"{command_name('lipsync')} batch", description=(
         "Lip-sync every face/audio pair of a CSV on Ray, with the options of the single-run command. Results "
         "are kept as each pair finishes; the same command resumes an interrupted run."))
     p.add_argument("pairs", type=Path, metavar="PAIRS.csv",
@@ -165,7 +166,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "beside it")
     optspec.add_arguments(p.add_argument_group("lip-sync options"), LipSyncOptions)
     add_model_arguments(p)
-    batchrun.add_arguments(p)
+    runner.add_arguments(p)
     return p
 
 
@@ -174,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
     results = args.out or args.out_dir / "results.csv"
     try:
         options = optspec.from_namespace(LipSyncOptions, args)
-        resources = batchrun.resources_from(args)
+        resources = runner.resources_from(args)
         entries, base = read_entries(args.pairs, PAIR_COLUMNS, required=2, header=True)
         try:
             args.out_dir.mkdir(parents=True, exist_ok=True)
@@ -183,15 +184,15 @@ def main(argv: list[str] | None = None) -> int:
         job = LipSyncJob(LipSyncWorkerSpec(options, str(args.weights_dir) if args.weights_dir else None,
                                            args.device))
         tasks = job.tasks(entries, base, args.out_dir)
-        outcome = batchrun.run(job, tasks, results, resources, retry_failed=args.retry_failed,
+        outcome = runner.run(job, tasks, results, resources, retry_failed=args.retry_failed,
                                progress=not args.quiet)
         summary = summarise(outcome.records)
-        batchrun.write_json(beside(results, "summary.json"), {
+        runner.write_json(beside(results, "summary.json"), {
             "results": str(results), "out_dir": str(args.out_dir), "interrupted": outcome.interrupted, **summary,
-            "options": job.settings, "versions": batchrun.last_versions(outcome.records)})
+            "options": job.settings, "versions": runner.last_versions(outcome.records)})
     except LipSyncError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    batchrun.report(outcome, results, "made")
+    runner.report(outcome, results, "made")
     print(format_summary(summary))
-    return batchrun.exit_status(outcome)
+    return runner.exit_status(outcome)
