@@ -492,12 +492,13 @@ def test_batch_without_ray_says_how_to_install_it(tmp_path: Path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["clips"]  # nothing written
 
 
-@pytest.mark.parametrize(("package", "options"), [("syncnet", "scoring options"), ("lipsync", "lip-sync options")])
-def test_batch_help_has_the_single_commands_options(package: str, options: str):
+@pytest.mark.parametrize(("package", "command", "options"), [("syncnet", "scoring", "scoring options"),
+                                                            ("lipsync", "lip_sync", "lip-sync options")])
+def test_batch_help_has_the_single_commands_options(package: str, command: str, options: str):
     import argparse
 
     single = __import__(f"{package}.__main__", fromlist=["build_parser"]).build_parser()
-    batch = __import__(f"{package}.batch", fromlist=["build_parser"]).build_parser()
+    batch = __import__(f"batch.{command}", fromlist=["build_parser"]).build_parser()
 
     def flags(parser: argparse.ArgumentParser, title: str) -> set[str]:
         (group,) = [g for g in parser._action_groups if g.title == title]
