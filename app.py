@@ -1,13 +1,14 @@
 """The Space: a Gradio UI over the lip-sync engine (``lipsync``) and the SyncNet evaluator (``syncnet``).
 
-This is the only file that imports gradio. Handlers (``run_lipsync``, ``run_lipsync_stream``,
-``run_preview``, ``run_evaluate``) are plain functions of their inputs: the UI, the named API endpoints
-``/lipsync``, ``/lipsync_stream``, ``/preview`` and ``/evaluate`` and the tests all call the same code.
-Importing this module loads and downloads nothing: models load once, on first use, and are shared by
-every request of the process; weights are fetched in a background thread when the app is built, and
-the page shows their status.
+This is the only file that imports gradio; what the app needs besides the page (settings and limits,
+the shared models, the score cache, request folders, ZeroGPU's budget) is in ``service``. Handlers
+(``run_lipsync``, ``run_lipsync_stream``, ``run_preview``, ``run_evaluate``) are plain functions of their
+inputs: the UI, the named API endpoints ``/lipsync``, ``/lipsync_stream``, ``/preview`` and ``/evaluate``
+and the tests all call the same code. Importing this module loads and downloads nothing: models load
+once, on first use, and are shared by every request of the process; weights are fetched in a background
+thread when the app is built, and the page shows their status.
 
-Run: ``python app.py [--host HOST] [--port PORT] [--share] [--no-mcp]``. Environment: see ``Settings``.
+Run: ``python app.py [--host HOST] [--port PORT] [--share] [--no-mcp]``. Environment: see ``service.settings.Settings``.
 """
 
 from __future__ import annotations
@@ -18,21 +19,15 @@ import dataclasses
 import importlib.util
 import inspect
 import logging
-import math
-import os
 import queue
-import re
 import shutil
 import sys
 import threading
-import time
-import uuid
-from collections import OrderedDict
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import gradio as gr
 import numpy as np
@@ -40,22 +35,26 @@ import pandas as pd
 import torch
 from gradio.utils import get_upload_folder
 
-from common import optspec, precision, weights
+from common import optspec
 from common.errors import Cancelled, InputError, LipSyncError
-from common.hashing import content_key, file_sha256
 from common.optspec import Parameter, option
-from face_detection.s3fd import S3FD
-from face_detection.sfd_face import SFDFace
-from lipsync import model as wav2lip_model
-from lipsync.model import Wav2Lip
-from lipsync.options import CHECKPOINTS, LipSyncOptions
-from lipsync.pipeline import LipSync, LipSyncResult
+from lipsync.options import LipSyncOptions
+from lipsync.pipeline import LipSyncResult
 from media.io import MediaInfo, audio_duration, probe
 from media.segments import Segments
-from syncnet import model as syncnet_model
+from service import folders
+from service.gpu import (
+    GPU_LIPSYNC_PER_SECOND,
+    GPU_SCORE_PER_SECOND,
+    GPU_START_SECONDS,
+    PREVIEW_GPU_SECONDS,
+    gpu_seconds,
+)
+from service.models import Models, WeightsStatus
+from service.results import result_dict, rounded, scores_markdown
+from service.settings import Settings, check_input
 from syncnet.constants import VIDEO_FPS
-from syncnet.evaluate import SyncNetEvaluator, VideoResult
-from syncnet.model import SyncNet
+from syncnet.evaluate import VideoResult
 from syncnet.options import EvalOptions
 
 try:  # Hugging Face ZeroGPU hardware: GPU work must run inside functions wrapped by spaces.GPU
@@ -72,12 +71,6 @@ def _on_zero_gpu() -> bool:
 log = logging.getLogger("app")
 
 EXAMPLES = Path(__file__).resolve().parent / "examples"
-WEIGHT_NAMES = ("wav2lip_gan", "wav2lip", "s3fd", "syncnet_v2", "sfd_face")
-# GPU time asked of ZeroGPU per call (see gpu_seconds); a shorter request waits less in its queue
-GPU_START_SECONDS = 15  # a worker starting, the weights moving onto its GPU
-GPU_LIPSYNC_PER_SECOND = 0.5  # per second of output
-GPU_SCORE_PER_SECOND = 0.5  # per second of video scored
-PREVIEW_GPU_SECONDS = 20  # one frame
 OUTPUT_DIR_NAME = "lipsync-outputs"
 # /lipsync_stream's pieces: Gradio's streaming video plays pieces of a second or more smoothly, at a few
 # FFmpeg runs per piece; the first is short, so that it is out sooner (see patient_stream_audio)
@@ -96,202 +89,6 @@ def can_stream_video() -> bool:
     return all(shutil.which(program) for program in STREAM_PROGRAMS)
 
 
-# -- settings ------------------------------------------------------------------------------------------
-def _env_number(name: str, default: float, kind: type = float, minimum: float = 0) -> Any:
-    raw = os.environ.get(name, "").strip()
-    if not raw:
-        return kind(default)
-    try:
-        value = kind(raw)
-    except ValueError:
-        raise ValueError(f"{name}={raw!r} is not a number (default {default:g})") from None
-    if value <= minimum:
-        raise ValueError(f"{name}={raw!r} must be greater than {minimum:g}")
-    return value
-
-
-SWITCH_WORDS = {"1": True, "true": True, "yes": True, "on": True, "0": False, "false": False, "no": False,
-                "off": False}
-
-
-def _env_switch(name: str, default: bool) -> bool:
-    raw = os.environ.get(name, "").strip().lower()
-    if not raw:
-        return default
-    if raw not in SWITCH_WORDS:
-        raise ValueError(f"{name}={raw!r} is neither on nor off: give 1 or 0 (default {int(default)})")
-    return SWITCH_WORDS[raw]
-
-
-@dataclass(frozen=True)
-class Settings:
-    """Limits and serving knobs, from environment variables (defaults in brackets).
-
-    LIPSYNC_MAX_SECONDS [120]  longest face video / audio accepted
-    LIPSYNC_MAX_SIDE [1920]    longest side of the face video or image, in pixels
-    LIPSYNC_MAX_MB [200]       largest upload, per file
-    LIPSYNC_CONCURRENCY [1]    requests that run models at the same time (the rest wait in the queue)
-    LIPSYNC_QUEUE_SIZE [20]    requests allowed to wait; more are turned away with "queue full"
-    LIPSYNC_KEEP_SECONDS [3600] how long uploads and results stay on disk before they are deleted
-    LIPSYNC_GPU_MAX_SECONDS [120] on ZeroGPU, the most GPU time one request asks for
-    LIPSYNC_MCP [1]            serve /lipsync, /preview and /evaluate as MCP tools too (0 turns it off)
-    """
-
-    max_seconds: float = 120.0
-    max_side: int = 1920
-    max_mb: float = 200.0
-    concurrency: int = 1
-    queue_size: int = 20
-    keep_seconds: int = 3600
-    gpu_max_seconds: int = 120
-    mcp: bool = True
-
-    ENV: ClassVar[dict[str, str]] = {
-        "max_seconds": "LIPSYNC_MAX_SECONDS", "max_side": "LIPSYNC_MAX_SIDE", "max_mb": "LIPSYNC_MAX_MB",
-        "concurrency": "LIPSYNC_CONCURRENCY", "queue_size": "LIPSYNC_QUEUE_SIZE",
-        "keep_seconds": "LIPSYNC_KEEP_SECONDS", "gpu_max_seconds": "LIPSYNC_GPU_MAX_SECONDS", "mcp": "LIPSYNC_MCP",
-    }
-
-    @classmethod
-    def from_env(cls) -> Settings:
-        """Read the environment; ValueError names a variable that is not a positive number (or, for a
-        switch, neither on nor off)."""
-        values = {}
-        for f in fields(cls):
-            if f.type in ("bool", bool):
-                values[f.name] = _env_switch(cls.ENV[f.name], f.default)
-            else:
-                kind = int if f.type in ("int", int) else float
-                values[f.name] = _env_number(cls.ENV[f.name], f.default, kind)
-        return cls(**values)
-
-    def describe(self) -> str:
-        return (f"Limits: face video and audio up to {self.max_seconds:g} s, {self.max_side} px on the longest "
-                f"side, {self.max_mb:g} MB per file (set by LIPSYNC_MAX_SECONDS, LIPSYNC_MAX_SIDE, "
-                "LIPSYNC_MAX_MB).")
-
-
-def check_input(path: str | Path, settings: Settings, role: str, *, audio: bool = False) -> MediaInfo | None:
-    """Enforce the limits before any work; InputError says what to change.
-
-    A face (``audio=False``) is probed with media.io.probe, which also rejects files that are not
-    videos or images; for the audio only its duration is read (probe wants a picture).
-    """
-    path = Path(path)
-    try:
-        size_mb = path.stat().st_size / 2**20
-    except FileNotFoundError:
-        raise InputError(f"the {role} file is missing: upload it again") from None
-    if size_mb > settings.max_mb:
-        raise InputError(f"the {role} file is {size_mb:.0f} MB; this app accepts up to {settings.max_mb:g} MB "
-                         "per file: compress or trim it")
-    info = None if audio else probe(path)
-    seconds = audio_duration(path) if audio else info.duration
-    if seconds is not None and seconds > settings.max_seconds:
-        raise InputError(f"the {role} lasts {seconds:.1f} s; this app accepts up to {settings.max_seconds:g} s: "
-                         "trim it, or run `python -m lipsync` locally for longer files")
-    if info is not None and max(info.width, info.height) > settings.max_side:
-        raise InputError(f"the {role} is {info.width}x{info.height}; this app accepts up to {settings.max_side} px "
-                         "on the longest side: downscale it first")
-    return info
-
-
-# -- models, shared by every request of the process -----------------------------------------------------
-class Models:
-    """One LipSync engine and one SyncNet evaluator per process, built on first use.
-
-    Each object is also used by one request at a time (LipSync.run is not re-entrant), so with
-    LIPSYNC_CONCURRENCY > 1 a lip sync and an evaluation can overlap, two lip syncs cannot.
-    """
-
-    _shared: ClassVar[Models | None] = None
-    _shared_lock: ClassVar[threading.Lock] = threading.Lock()
-
-    def __init__(self, weights_dir: str | None = None, device: str | None = None) -> None:
-        self.weights_dir = weights_dir
-        self.device = device
-        self._engine: LipSync | None = None
-        self._evaluator: SyncNetEvaluator | None = None
-        self.engine_lock = threading.Lock()
-        self.evaluator_lock = threading.Lock()
-        self.scores = ScoreCache(weights_dir)
-
-    @classmethod
-    def shared(cls) -> Models:
-        with cls._shared_lock:
-            if cls._shared is None:
-                cls._shared = cls()
-            return cls._shared
-
-    def preload(self) -> None:
-        """Load every network now, on this process's device, in fp32 and in the device's fast precision.
-
-        For ZeroGPU, whose documentation asks for models placed on "cuda" at start-up: it keeps them
-        aside when the app launches and puts them on each GPU call's device, so no call reads a
-        checkpoint.
-        """
-        engine, evaluator = self.engine(), self.evaluator()
-        for chosen in ("fp32", "auto"):
-            for checkpoint in CHECKPOINTS:
-                engine.generator_for(LipSyncOptions(checkpoint=checkpoint, precision=chosen))
-        for dtype in {torch.float32, precision.resolve("auto", engine.device)}:
-            engine.detector(dtype)
-            evaluator.syncnet_for(dtype)
-            evaluator.detector_for(dtype)
-
-    def engine(self) -> LipSync:
-        """Call with ``engine_lock`` held."""
-        if self._engine is None:
-            self._engine = LipSync(weights_dir=self.weights_dir, device=self.device)
-        return self._engine
-
-    def evaluator(self) -> SyncNetEvaluator:
-        """Call with ``evaluator_lock`` held."""
-        if self._evaluator is None:
-            self._evaluator = SyncNetEvaluator(weights_dir=self.weights_dir, device=self.device,
-                                               detector_across_cores=SCORING_ACROSS_CORES,
-                                               # SyncNet's first lip layer in float32 (syncnet.lipconv)
-                                               # on all cores: its work space is a few MB
-                                               syncnet_across_cores=True)
-        return self._evaluator
-
-
-class ScoreCache:
-    """Scores by the video's content, the options and the weights' contents, so that an unchanged video
-    (the same face video lip-synced to new speech, scored as the input again) is scored once."""
-
-    SIZE = 32  # scores kept, least recently used first out: a result is a few KB
-
-    def __init__(self, weights_dir: str | None = None) -> None:
-        self.weights_dir = weights_dir
-        self._items: OrderedDict[str, VideoResult] = OrderedDict()
-        self._lock = threading.Lock()
-
-    def key(self, path: Path, options: EvalOptions) -> str:
-        nets = {name: file_sha256(weights.resolve(name, weights_dir=self.weights_dir))
-                for name in ("syncnet_v2", "sfd_face")}
-        return content_key(path, {"options": dataclasses.asdict(options), **nets})
-
-    def lookup(self, path: Path, options: EvalOptions) -> tuple[str, VideoResult | None]:
-        """``path``'s key, and its scores when this content was scored with these options already."""
-        key = self.key(path, options)
-        return key, self.get(key, path)
-
-    def get(self, key: str, path: Path) -> VideoResult | None:
-        with self._lock:
-            if key not in self._items:
-                return None
-            self._items.move_to_end(key)
-            return dataclasses.replace(self._items[key], path=path)
-
-    def put(self, key: str, result: VideoResult) -> None:
-        with self._lock:
-            self._items[key] = result
-            self._items.move_to_end(key)
-            while len(self._items) > self.SIZE:
-                self._items.popitem(last=False)
-
-
 # -- device work ------------------------------------------------------------------------------------------
 # On ZeroGPU each function wrapped by _on_gpu runs in a GPU worker process: its arguments and results are
 # pickled (file paths and CPU data only), what it changes in memory stays there, and an exception other
@@ -304,16 +101,6 @@ def _on_gpu(fn: Callable, duration: int | Callable[..., int]) -> Callable:
     """``fn`` wrapped by spaces.GPU (which returns it unchanged outside ZeroGPU); ``duration``: seconds of
     GPU time to ask for, or a function of ``fn``'s arguments that says how many."""
     return spaces.GPU(duration=duration)(fn) if spaces is not None else fn
-
-
-def gpu_seconds(video_seconds: float, scored_seconds: float) -> int:
-    """GPU time to ask ZeroGPU for: a lip sync of ``video_seconds`` and scoring ``scored_seconds`` of video.
-
-    Not measured on ZeroGPU (no GPU was available while this was written): the rates assume a tenth of
-    the speed benchmarks/gpu_check.py targets (20x real time for each), plus the worker's start-up.
-    """
-    return math.ceil(GPU_START_SECONDS + video_seconds * GPU_LIPSYNC_PER_SECOND
-                     + scored_seconds * GPU_SCORE_PER_SECOND)
 
 
 def _lipsync_gpu_seconds(request: LipSyncRequest, input_scored: Scored | None, *_: Any, **__: Any) -> int:
@@ -489,120 +276,11 @@ def patient_stream_audio(startup: float = 1.0, steady: float = 0.25) -> bool:
     return True
 
 
-# -- weights status ------------------------------------------------------------------------------------
-# What each checkpoint must fit: (network, its name in messages, keys the file may lack)
-CHECKPOINT_NETWORKS: dict[str, tuple[Callable[[], torch.nn.Module], str, tuple[str, ...]]] = {
-    "wav2lip_gan": (Wav2Lip, wav2lip_model.LABEL, ()),
-    "wav2lip": (Wav2Lip, wav2lip_model.LABEL, ()),
-    "s3fd": (S3FD, "S3FD (s3fd)", ()),
-    "syncnet_v2": (SyncNet, syncnet_model.LABEL, syncnet_model.OPTIONAL_KEYS),
-    "sfd_face": (SFDFace, "S3FD (sfd_face)", ()),
-}
-
-
-def check_weights(name: str) -> Path:
-    """Resolve (download) a checkpoint and check that it reads and fits its network, cheaply: the file
-    is memory-mapped and compared by key names and shapes with the network built on the meta device."""
-    network, label, optional = CHECKPOINT_NETWORKS[name]
-    with torch.device("meta"):
-        model = network()
-    return weights.check_file(name, model, label=label, optional_suffixes=optional)
-
-
-@dataclass
-class WeightsStatus:
-    """Fetches and checks every checkpoint in a background thread (downloads unless LIPSYNC_WEIGHTS_DIR is set)."""
-
-    names: Sequence[str] = WEIGHT_NAMES
-    check: Callable[[str], Path] = check_weights
-    state: dict[str, tuple[str, str]] = field(default_factory=dict)  # name -> (pending|ok|error, detail)
-    _thread: threading.Thread | None = None
-    _lock: threading.Lock = field(default_factory=threading.Lock)
-
-    def __post_init__(self) -> None:
-        self.state = {name: ("pending", "") for name in self.names}
-
-    def start(self) -> None:
-        with self._lock:
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._run, name="weights", daemon=True)
-                self._thread.start()
-
-    def _run(self) -> None:
-        for name in self.names:
-            try:
-                path = self.check(name)
-            except LipSyncError as exc:
-                log.error("weights %s: %s", name, exc)
-                self.state[name] = ("error", str(exc))
-            else:
-                self.state[name] = ("ok", str(path))
-
-    def done(self) -> bool:
-        return all(kind != "pending" for kind, _ in self.state.values())
-
-    def markdown(self) -> str:
-        words = {"pending": "fetching…", "ok": "ready", "error": "FAILED"}
-        parts = [f"`{name}` {words[kind]}" for name, (kind, _) in self.state.items()]
-        lines = ["**Model weights:** " + " · ".join(parts)]
-        if not self.done():
-            lines.append("Weights are being fetched in the background; a request made now waits for them.")
-        for name, (kind, detail) in self.state.items():
-            if kind == "error":
-                lines.append(f"- **{name} cannot be used**: {detail}")
-        return "\n\n".join(lines)
-
-
-# -- helpers -------------------------------------------------------------------------------------------
-def _safe_stem(path: str | Path) -> str:
-    stem = re.sub(r"[^A-Za-z0-9_-]+", "_", Path(path).stem).strip("_")[:40]
-    return stem or "video"
-
-
 def request_dir(settings: Settings) -> Path:
-    """A fresh folder for one request, inside Gradio's cache.
-
-    Results written there are served in place (Gradio copies files from anywhere else into its cache),
-    and Blocks(delete_cache=...) deletes them after LIPSYNC_KEEP_SECONDS; emptied folders are pruned here.
-    """
-    root = Path(get_upload_folder()) / OUTPUT_DIR_NAME
-    root.mkdir(parents=True, exist_ok=True)
-    cutoff = time.time() - settings.keep_seconds  # a younger empty folder may belong to a running request
-    for old in root.iterdir():
-        try:
-            if old.is_dir() and old.stat().st_mtime < cutoff and not any(old.iterdir()):
-                old.rmdir()
-        except OSError:  # another request pruned it first
-            continue
-    folder = root / uuid.uuid4().hex
-    folder.mkdir()
-    return folder
-
-
-def _fmt(value: float | None, spec: str = ".2f") -> str:
-    if value is None or not math.isfinite(value):
-        return "–"
-    return format(value, spec)
-
-
-def _result_dict(result: VideoResult | None, error: str | None = None) -> dict[str, Any]:
-    if result is None:
-        return {"lse_d": None, "lse_c": None, "offset": None, "messages": [error] if error else []}
-    return {
-        "lse_d": _finite_or_none(result.lse_d), "lse_c": _finite_or_none(result.lse_c),
-        "offset": _finite_or_none(result.offset), "mode": result.mode, "jpeg_roundtrip": result.jpeg_roundtrip,
-        "tracks": [{"lse_d": _finite_or_none(t.lse_d), "lse_c": _finite_or_none(t.lse_c), "offset": t.offset,
-                    "first_frame": t.first_frame, "last_frame": t.last_frame} for t in result.tracks],
-        "messages": list(result.messages),
-    }
-
-
-def _rounded(value: float | None) -> float | None:
-    return None if (value := _finite_or_none(value)) is None else round(value, 3)
-
-
-def _finite_or_none(value: float | None) -> float | None:
-    return float(value) if value is not None and math.isfinite(value) else None
+    """A fresh folder for one request, inside Gradio's cache: results written there are served in place
+    (Gradio copies files from anywhere else into its cache), and Blocks(delete_cache=...) deletes them
+    after LIPSYNC_KEEP_SECONDS."""
+    return folders.request_dir(Path(get_upload_folder()) / OUTPUT_DIR_NAME, settings.keep_seconds)
 
 
 def _score_safely(path: Path, options: EvalOptions, should_stop: StopCheck | None = None) -> Scored:
@@ -619,15 +297,6 @@ def _score_safely(path: Path, options: EvalOptions, should_stop: StopCheck | Non
     if result is not None:
         cache.put(key, result)
     return result, message
-
-
-def _scores_markdown(rows: list[tuple[str, dict[str, Any]]]) -> str:
-    lines = ["| video | LSE-D ↓ | LSE-C ↑ | offset (frames) |", "|---|---|---|---|"]
-    notes = []
-    for label, scores in rows:
-        lines.append(f"| {label} | {_fmt(scores['lse_d'])} | {_fmt(scores['lse_c'])} | {_fmt(scores['offset'], 'g')} |")
-        notes += [f"- {label}: {m}" for m in scores["messages"]]
-    return "\n".join(lines) + ("\n\n" + "\n".join(notes) if notes else "")
 
 
 # -- the endpoints' parameters, derived from the options dataclasses ----------------------------------
@@ -666,10 +335,6 @@ PREVIEW_FILES = LIPSYNC_FILES
 LIPSYNC_PARAMS = optspec.parameters(LipSyncOptions)
 INPUT_SCORING_PARAMS = optspec.parameters(InputScoring)
 PREVIEW_PARAMS = optspec.parameters(PreviewTime)
-# The Space scores in the process that lip-syncs, so it keeps the scoring detector's batches on one
-# core at a time: the per-core workers would add ~300 MB to a request's peak (a lip sync in float32
-# already reaches ~1.3 GB), for ~0.3 s on the fast preset its Lip sync tab scores with.
-SCORING_ACROSS_CORES = False
 # /lipsync's scoring options carry a score_ prefix (score_mode...); min_track was documented without it.
 # The Lip sync tab scores as a quick check, with faces detected on every 5th frame (about 3x faster:
 # a 10 s 720p clip scores in ~20 s instead of ~60 s on 2 CPU cores), at the size the faces are, in the
@@ -803,7 +468,7 @@ class LipSyncRequest:
         folder = request_dir(settings)
         request = cls(Path(face), Path(audio), Path(voice) if voice else None,
                       Path(values["face_video"]) if values["face_video"] else None, face_info, options, score_input,
-                      scoring, folder, folder / f"{_safe_stem(face)}_lipsync.mp4", seconds)
+                      scoring, folder, folder / f"{folders.safe_stem(face)}_lipsync.mp4", seconds)
         try:
             request.check_gpu_time(settings)
         except InputError:
@@ -854,11 +519,11 @@ def _lipsync(values: dict[str, Any], progress: gr.Progress,
 def _outputs(request: LipSyncRequest, result: LipSyncResult,
              scored: dict[str, Scored]) -> tuple[str, str, dict[str, Any]]:
     """/lipsync's three outputs: the video, the Markdown summary, the JSON details."""
-    out_scores = _result_dict(*scored["output"])
-    in_scores = _result_dict(*scored["input"]) if "input" in scored else None
+    out_scores = result_dict(*scored["output"])
+    in_scores = result_dict(*scored["input"]) if "input" in scored else None
     rows = [("lip-synced output", out_scores)] + ([("input, with its own audio", in_scores)] if in_scores else [])
     summary = [f"**{result.n_frames} frames, {result.fps:g} fps, {result.duration:.2f} s, "
-               f"{result.width}x{result.height}.**", _scores_markdown(rows)]
+               f"{result.width}x{result.height}.**", scores_markdown(rows)]
     if result.no_face_ranges:
         summary.append(f"**Note:** {result.message}.")
     details = {
@@ -954,15 +619,15 @@ def _evaluate(values: dict[str, Any], progress: gr.Progress,
         if result is None:
             errors.append(f"{name}: {error}")
             continue
-        scores = _result_dict(result)
+        scores = result_dict(result)
         summary.append((name, scores))
         for i, track in enumerate(result.tracks):
-            table.append([name, i, track.first_frame, track.last_frame, _rounded(track.lse_d),
-                          _rounded(track.lse_c), track.offset])
+            table.append([name, i, track.first_frame, track.last_frame, rounded(track.lse_d),
+                          rounded(track.lse_c), track.offset])
         curves += confidence_rows(result, label)
     if not summary:
         raise gr.Error("\n".join(errors), title="Cannot score this")
-    text = _scores_markdown(summary)
+    text = scores_markdown(summary)
     if errors:
         text += "\n\n" + "\n".join(f"- **not scored**, {e}" for e in errors)
     return pd.DataFrame(table, columns=TABLE_COLUMNS), curve_frame(curves), text

@@ -55,6 +55,7 @@ def _plant(boxes: np.ndarray, random_scores: bool) -> dict:
     import app
     from common import precision
     from lipsync.options import LipSyncOptions
+    from service.models import SCORING_ACROSS_CORES
     from syncnet.evaluate import SyncNetEvaluator
 
     models = app.Models.shared()
@@ -67,7 +68,7 @@ def _plant(boxes: np.ndarray, random_scores: bool) -> dict:
     scoring_dtype = precision.resolve(app.LIPSYNC_SCORING["precision"], engine.device)
 
     evaluator = SyncNetEvaluator(weights_dir=models.weights_dir, device=models.device,
-                                 detector_across_cores=app.SCORING_ACROSS_CORES)
+                                 detector_across_cores=SCORING_ACROSS_CORES)
     evaluator.syncnet_for(scoring_dtype)
     planted["scoring"] = plant_evaluator(evaluator, scoring_dtype, boxes, random_scores=random_scores)
     models._evaluator = evaluator

@@ -26,6 +26,7 @@ from gradio_client.exceptions import AppError
 import app
 from common.errors import InputError, WeightsError
 from media.io import audio_duration, probe
+from service.models import ScoreCache
 
 EXAMPLES = Path(app.__file__).resolve().parent / "examples"
 CLIP, STILL, SPEECH = EXAMPLES / "face_clip.mp4", EXAMPLES / "face_still.jpg", EXAMPLES / "speech.wav"
@@ -250,7 +251,7 @@ def test_the_input_is_scored_once_per_content(client, monkeypatch, tmp_path):
         return real(path, options, should_stop)
 
     monkeypatch.setattr(app, "_score", counting)
-    monkeypatch.setattr(app.Models.shared(), "scores", app.ScoreCache(app.Models.shared().weights_dir))  # empty
+    monkeypatch.setattr(app.Models.shared(), "scores", ScoreCache(app.Models.shared().weights_dir))  # empty
     copy = tmp_path / "same clip, renamed.mp4"
     copy.write_bytes(CLIP.read_bytes())
     first = client.predict(face_video=handle_file(str(CLIP)), audio=handle_file(str(SPEECH)), **FAST,
@@ -262,7 +263,7 @@ def test_the_input_is_scored_once_per_content(client, monkeypatch, tmp_path):
 
 
 def test_score_cache_keys_content_options_and_weights(weights_dir, tmp_path):
-    cache = app.ScoreCache(str(weights_dir))
+    cache = ScoreCache(str(weights_dir))
     other = tmp_path / "other.mp4"
     other.write_bytes(CLIP.read_bytes() + b"\0")
     base = cache.key(CLIP, app.EvalOptions())
