@@ -203,7 +203,7 @@ def stage_costs(clip: Path, weights: Path, repeats: int = 3) -> dict[str, float]
 
     from media.io import VideoSource
     from syncnet.crops import JpegRoundTrip
-    from syncnet.fused import FusedSyncNet
+    from syncnet.folded import FoldedSyncNet
     from syncnet.model import load_syncnet
 
     torch.set_num_threads(1)
@@ -215,7 +215,7 @@ def stage_costs(clip: Path, weights: Path, repeats: int = 3) -> dict[str, float]
         crops = [cv2.resize(jpeg(f), (224, 224), interpolation=cv2.INTER_LINEAR)
                  for f in VideoSource(clip).frames(fps=25)]
         best = min(best, (time.perf_counter() - start) / len(crops))
-    model = FusedSyncNet(load_syncnet("syncnet_v2", weights_dir=weights))
+    model = FoldedSyncNet(load_syncnet("syncnet_v2", weights_dir=weights))
     lip = torch.rand(20, 3, 5, 224, 224) * 255
     aud = torch.randn(20, 1, 13, 20)
     timings = {}

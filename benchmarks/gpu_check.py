@@ -93,7 +93,7 @@ def fidelity(device: str, weights: Path, scratch: Path) -> list[Check]:
     from lipsync.pipeline import LipSync
     from media.io import iter_frames
     from syncnet.evaluate import SyncNetEvaluator
-    from syncnet.fused import FusedSyncNet
+    from syncnet.folded import FoldedSyncNet
     from syncnet.model import load_syncnet
     from syncnet.options import EvalOptions
 
@@ -117,7 +117,7 @@ def fidelity(device: str, weights: Path, scratch: Path) -> list[Check]:
     sfd_ref = _sfd_heads(SFDFace, sfd_sd, sfd_in, cpu, fp32)
     e = golden["syncnet_embeddings"]
     lip_in, aud_in = torch.from_numpy(e["lip_input_u8"]).float(), torch.from_numpy(e["audio_input"])
-    sync_ref = _embeddings(FusedSyncNet, load_syncnet, weights, lip_in, aud_in, cpu, fp32)
+    sync_ref = _embeddings(FoldedSyncNet, load_syncnet, weights, lip_in, aud_in, cpu, fp32)
 
     for dtype in dict.fromkeys([fast, fp32]):
         name = _label(dtype)
@@ -135,7 +135,7 @@ def fidelity(device: str, weights: Path, scratch: Path) -> list[Check]:
                          _tol("sfd_loc", dtype)),
                    Check("sfd_face conf head, max difference", name, float((conf - sfd_ref[1]).abs().max()),
                          _tol("sfd_conf", dtype))]
-        for label, got, want in zip(("lip", "audio"), _embeddings(FusedSyncNet, load_syncnet, weights, lip_in,
+        for label, got, want in zip(("lip", "audio"), _embeddings(FoldedSyncNet, load_syncnet, weights, lip_in,
                                                                   aud_in, device, dtype), sync_ref, strict=True):
             rel = float(((got - want).norm(dim=1) / want.norm(dim=1)).max())
             checks.append(Check(f"SyncNet {label} embeddings, relative error", name, rel, _tol("syncnet_rel", dtype)))
@@ -178,10 +178,10 @@ def _sfd_heads(net_cls, sd, x, device, dtype):
     return out.loc.float().cpu(), out.conf.float().cpu()
 
 
-def _embeddings(fused_cls, load, weights, lip, aud, device, dtype):
+def _embeddings(folded_cls, load, weights, lip, aud, device, dtype):
     import torch
 
-    net = fused_cls(load(weights / "syncnet_v2.model", device=device)).to(dtype)
+    net = folded_cls(load(weights / "syncnet_v2.model", device=device)).to(dtype)
     with torch.inference_mode():
         return (net.forward_lip(lip.to(device, dtype)).float().cpu(),
                 net.forward_aud(aud.to(device, dtype)).float().cpu())

@@ -21,7 +21,7 @@ from face_detection.memory import release_free_memory
 from face_detection.postprocess import s3fd_detections, sfd_face_detections, ssd_priors
 from face_detection.s3fd import S3FD
 from face_detection.sfd_face import SFDFace
-from face_detection.winograd import MIN_FUSED_CHANNELS, load_kernels, use_winograd
+from face_detection.winograd import MIN_COMPILED_CHANNELS, load_kernels, use_winograd
 
 Variant = Literal["s3fd", "sfd_face"]
 
@@ -138,7 +138,7 @@ class FaceDetector:
             # workers on two 320x180 frames each, at the same speed)
             net.strip_values = CPU_STRIP_VALUES
             if winograd and runs_winograd(self.device, dtype):
-                use_winograd(net, block=winograd, min_fused=MIN_FUSED_CHANNELS)
+                use_winograd(net, block=winograd, min_compiled=MIN_COMPILED_CHANNELS)
                 if across_cores:  # the workers run the compiled loops: loaded now, not in the first call
                     load_kernels()
         if isinstance(net, SFDFace):

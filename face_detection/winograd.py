@@ -36,15 +36,15 @@ DEFAULT_BLOCK = 4
 # Layers with fewer input or output channels stay direct convolutions: 64->64 at 320x180 is 37 ms
 # direct and 66 ms as F(4x4, 3x3); 128->128 at 160x90 gains nothing within the noise (~30 ms both).
 MIN_IN_CHANNELS, MIN_OUT_CHANNELS = 128, 256
-# Where the tile transforms run as compiled loops (single-threaded torch, see runs_fused), the first
+# Where the tile transforms run as compiled loops (single-threaded torch, see runs_compiled), the first
 # layers gain too (64->64 at 320x180 37.6 -> 27.7 ms on one thread): layers from this many input and
 # output channels become Winograd convolutions that run as direct ones elsewhere.
-MIN_FUSED_CHANNELS = 64
+MIN_COMPILED_CHANNELS = 64
 # The compiled path transforms this many bytes of tiles at a time (a few tile rows of a large map), or
 # the kernel's size where that is more. Single-threaded, one 320x180 frame: 64->64 26.7 -> 20.7 ms and
 # 128->128 20.8 -> 16.6 ms against whole maps; strips of 2 MB on 512->512 at 40x23 (a 37.7 MB kernel
 # read three times) 16.2 -> 22.3 ms, hence the kernel's size.
-FUSED_STRIP_BYTES = 2 << 20
+COMPILED_STRIP_BYTES = 2 << 20
 _POINTS = (Fraction(0), Fraction(1), Fraction(-1), Fraction(2), Fraction(-2), Fraction(1, 2), Fraction(-1, 2))
 
 
@@ -126,10 +126,10 @@ def conv3x3(x: torch.Tensor, kernel: torch.Tensor, bias: torch.Tensor | None = N
     tiles_per_image = size * size * -(-height // block) * -(-width // block)
     per_image = tiles_per_image * max(channels, kernel.shape[2]) * x.element_size()
     step = batch if max_tile_bytes is None else max(1, max_tile_bytes // per_image)
-    if runs_fused(x, block):
+    if runs_compiled(x, block):
         out = x.new_empty(batch, height, width, kernel.shape[2])
         for start in range(0, batch, step):
-            _conv3x3_fused(x[start:start + step], kernel, bias, out[start:start + step])
+            _conv3x3_compiled(x[start:start + step], kernel, bias, out[start:start + step])
         return out.permute(0, 3, 1, 2)
     matrices = tuple(t.to(device=x.device, dtype=x.dtype) for t in transform_matrices(block))
     if step >= batch:
@@ -140,7 +140,7 @@ def conv3x3(x: torch.Tensor, kernel: torch.Tensor, bias: torch.Tensor | None = N
     return out.permute(0, 3, 1, 2)
 
 
-def runs_fused(x: torch.Tensor, block: int) -> bool:
+def runs_compiled(x: torch.Tensor, block: int) -> bool:
     """Whether :func:`conv3x3` transforms the tiles of ``x`` with the compiled loops of
     :mod:`face_detection.winograd_kernels`: F(4x4, 3x3) in float32 on a CPU where torch runs on one
     thread (they are single-threaded; with more threads the torch operations share the work out)."""
@@ -169,9 +169,9 @@ def load_kernels() -> bool:
     return kernels is not None
 
 
-def _conv3x3_fused(x: torch.Tensor, kernel: torch.Tensor, bias: torch.Tensor | None, out: torch.Tensor) -> None:
+def _conv3x3_compiled(x: torch.Tensor, kernel: torch.Tensor, bias: torch.Tensor | None, out: torch.Tensor) -> None:
     """:func:`conv3x3` of ``x`` into ``out`` (B, H, W, Cout), the tiles transformed by the compiled loops:
-    a strip of tile rows of an image at a time where the map is large (FUSED_STRIP_BYTES: the
+    a strip of tile rows of an image at a time where the map is large (COMPILED_STRIP_BYTES: the
     temporaries stay in cache, not 2.25x the map), else all the images' tiles in one product (the
     kernel, then larger than the tiles, is read once)."""
     kernels = _kernels()
@@ -179,7 +179,7 @@ def _conv3x3_fused(x: torch.Tensor, kernel: torch.Tensor, bias: torch.Tensor | N
     rows, cols = -(-height // 4), -(-width // 4)
     per_row = 36 * cols * max(channels, kernel.shape[2]) * x.element_size()
     # each product reads the whole kernel: strips hold at least as many bytes of tiles as it has
-    strip = max(1, min(rows, max(FUSED_STRIP_BYTES, kernel.numel() * kernel.element_size()) // per_row))
+    strip = max(1, min(rows, max(COMPILED_STRIP_BYTES, kernel.numel() * kernel.element_size()) // per_row))
     bias_np = np.zeros(kernel.shape[2], np.float32) if bias is None else bias.numpy()
     images = [image.contiguous().numpy() for image in x.permute(0, 2, 3, 1)]
     targets = [target.numpy() for target in out]
@@ -239,29 +239,29 @@ def _conv3x3_nhwc(x: torch.Tensor, kernel: torch.Tensor, bias: torch.Tensor | No
 
 class WinogradConv2d(nn.Module):
     """Inference-only stand-in for a 3x3, stride-1, padding-1 ``nn.Conv2d``, built from it (weights copied);
-    ``max_tile_bytes`` as in :func:`conv3x3`. ``fused_only``: a Winograd convolution only where
-    :func:`runs_fused` holds, a direct one (the conv's own weights) everywhere else."""
+    ``max_tile_bytes`` as in :func:`conv3x3`. ``compiled_only``: a Winograd convolution only where
+    :func:`runs_compiled` holds, a direct one (the conv's own weights) everywhere else."""
 
     def __init__(self, conv: nn.Conv2d, block: int = DEFAULT_BLOCK, *, max_tile_bytes: int | None = None,
-                 fused_only: bool = False) -> None:
+                 compiled_only: bool = False) -> None:
         super().__init__()
         if not is_eligible(conv):
             raise ValueError(f"not a 3x3 stride-1 padding-1 undilated ungrouped convolution: {conv}")
         self.in_channels, self.out_channels, self.block = conv.in_channels, conv.out_channels, block
         self.max_tile_bytes = max_tile_bytes
-        self.fused_only = fused_only
+        self.compiled_only = compiled_only
         self.register_buffer("kernel", transform_kernel(conv.weight.detach(), block), persistent=False)
         bias = None if conv.bias is None else conv.bias.detach().clone()
         self.register_buffer("bias", bias, persistent=False)
-        self.register_buffer("weight", conv.weight.detach().clone() if fused_only else None, persistent=False)
+        self.register_buffer("weight", conv.weight.detach().clone() if compiled_only else None, persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.fused_only and not runs_fused(x, self.block):
+        if self.compiled_only and not runs_compiled(x, self.block):
             return F.conv2d(x, self.weight, self.bias, padding=1)
         return conv3x3(x, self.kernel, self.bias, max_tile_bytes=self.max_tile_bytes)
 
     def extra_repr(self) -> str:
-        only = ", compiled transforms only (else direct)" if self.fused_only else ""
+        only = ", compiled transforms only (else direct)" if self.compiled_only else ""
         return f"{self.in_channels}, {self.out_channels}, F({self.block}x{self.block}, 3x3){only}"
 
 
@@ -272,11 +272,11 @@ def is_eligible(conv: nn.Module) -> bool:
 
 
 def use_winograd(net: nn.Module, *, block: int = DEFAULT_BLOCK, min_in: int = MIN_IN_CHANNELS,
-                 min_out: int = MIN_OUT_CHANNELS, min_fused: int | None = None) -> int:
+                 min_out: int = MIN_OUT_CHANNELS, min_compiled: int | None = None) -> int:
     """Replace, in place, every eligible 3x3 conv of ``net`` with at least ``min_in`` input and ``min_out``
-    output channels with a :class:`WinogradConv2d`; returns how many were replaced. ``min_fused``
+    output channels with a :class:`WinogradConv2d`; returns how many were replaced. ``min_compiled``
     (block 4 only): the smaller eligible layers with at least that many input and output channels
-    become ``fused_only`` ones (see MIN_FUSED_CHANNELS).
+    become ``compiled_only`` ones (see MIN_COMPILED_CHANNELS).
 
     Call after the weights are loaded: the replacements keep their own transformed copies, so the
     net's ``state_dict()`` no longer lists those layers.
@@ -286,10 +286,10 @@ def use_winograd(net: nn.Module, *, block: int = DEFAULT_BLOCK, min_in: int = MI
         if is_eligible(child) and child.in_channels >= min_in and child.out_channels >= min_out:
             setattr(net, name, WinogradConv2d(child, block))
             count += 1
-        elif (is_eligible(child) and block == 4 and min_fused is not None
-              and min(child.in_channels, child.out_channels) >= min_fused):
-            setattr(net, name, WinogradConv2d(child, block, fused_only=True))
+        elif (is_eligible(child) and block == 4 and min_compiled is not None
+              and min(child.in_channels, child.out_channels) >= min_compiled):
+            setattr(net, name, WinogradConv2d(child, block, compiled_only=True))
             count += 1
         else:
-            count += use_winograd(child, block=block, min_in=min_in, min_out=min_out, min_fused=min_fused)
+            count += use_winograd(child, block=block, min_in=min_in, min_out=min_out, min_compiled=min_compiled)
     return count

@@ -40,7 +40,7 @@ from face_detection.winograd import DEFAULT_BLOCK
 from lipsync import detcache, detect, faces, vad
 from lipsync.audio import SAMPLE_RATE, mel_chunks, melspectrogram
 from lipsync.compose import crossfade, paste
-from lipsync.fused import load_folded_wav2lip
+from lipsync.folded import load_folded_wav2lip
 from lipsync.model import FACE_SIZE, generate
 from lipsync.options import FULL_FRAME, LipSyncOptions
 from media.io import VideoSource, VideoWriter, load_audio
@@ -365,7 +365,7 @@ class LipSync:
         return precision.resolve(options.precision, self.device)
 
     def winograd(self, options: LipSyncOptions) -> bool:
-        """Whether the generator runs its deep 3x3 convolutions as Winograd ones (lipsync.fused.WINOGRAD_BLOCKS):
+        """Whether the generator runs its deep 3x3 convolutions as Winograd ones (lipsync.folded.WINOGRAD_BLOCKS):
         when asked for speed (precision auto) and that means float32 on a CPU. Explicit fp32 stays exact.
         Not under detection 'original': S3FD on full frames takes ~98 % of that run, and the transformed
         kernels and their work space would add 50-100 MB to its peak (1434 against 1382 MB, 1 s of 720p)."""

@@ -13,7 +13,7 @@ import torch
 
 from common.network_batches import in_batches
 from syncnet.constants import WINDOW_FRAMES
-from syncnet.fused import FusedSyncNet
+from syncnet.folded import FoldedSyncNet
 from syncnet.mfcc import mfcc
 from syncnet.model import EMBED_DIM
 from syncnet.score import audio_windows, lip_windows
@@ -38,7 +38,7 @@ def forward(fn: Callable[[torch.Tensor], torch.Tensor], batch: torch.Tensor, dev
     return torch.cat(parts)
 
 
-def audio_embeddings(model: FusedSyncNet, audio: np.ndarray, n_windows: int, device: torch.device,
+def audio_embeddings(model: FoldedSyncNet, audio: np.ndarray, n_windows: int, device: torch.device,
                      batch_size: int) -> torch.Tensor:
     """(n_windows, 1024) audio embeddings of int16 16 kHz ``audio``, window v = MFCC columns 4v..4v+19."""
     mfcc_t = mfcc(audio).T  # (13, T)
@@ -54,7 +54,7 @@ class LipWindows:
     by the audio. Only the crops of unfinished windows are kept (at most a batch plus 5).
     """
 
-    def __init__(self, model: FusedSyncNet, device: torch.device, batch_size: int, limit: int) -> None:
+    def __init__(self, model: FoldedSyncNet, device: torch.device, batch_size: int, limit: int) -> None:
         self.model, self.device, self.batch_size, self.limit = model, device, batch_size, limit
         self.buffer: list[np.ndarray] = []  # crops from the first window not yet embedded
         self.done = 0
@@ -85,7 +85,7 @@ class LipWindows:
 
     def _run(self, n: int) -> None:
         frames = np.stack(self.buffer[:n + WINDOW_FRAMES - 1])
-        if isinstance(self.model, FusedSyncNet) and self.model.shares_frames():
+        if isinstance(self.model, FoldedSyncNet) and self.model.shares_frames():
             self.feats.append(self.model.forward_lip_frames(frames, n))
         else:
             windows = lip_windows(frames, n)
@@ -94,7 +94,7 @@ class LipWindows:
         self.done += n
 
 
-def _dtype(model: FusedSyncNet) -> torch.dtype:
+def _dtype(model: FoldedSyncNet) -> torch.dtype:
     """What ``model`` computes in (float32 for a stand-in without parameters, as tests plant)."""
     parameters = getattr(model, "parameters", None)
     param = next(parameters(), None) if parameters is not None else None

@@ -55,7 +55,7 @@ from syncnet import scenes
 from syncnet.constants import AUDIO_RATE, CROP_SIZE, SAMPLES_PER_FRAME, VIDEO_FPS, WINDOW_FRAMES
 from syncnet.crops import JpegRoundTrip, crop_face, smooth_track
 from syncnet.embed import LipWindows, audio_embeddings
-from syncnet.fused import FusedSyncNet
+from syncnet.folded import FoldedSyncNet
 from syncnet.model import load_syncnet
 from syncnet.options import MIN_FRAMES, MIN_TRACK, MODES, EvalOptions, Mode  # noqa: F401 - the public names
 from syncnet.score import score_features, window_count
@@ -167,7 +167,7 @@ class SyncNetEvaluator:
     ``syncnet`` / ``detector``: registry names or checkpoint paths (see :mod:`common.weights`).
     ``detector_across_cores``: the face detector's batches on all CPU cores at once (FaceDetector's
     ``across_cores``). ``syncnet_across_cores``: in float32 on a CPU, the lip tower's first layer from
-    each batch's frames, on all cores (FusedSyncNet's ``across_cores``). Not safe to call ``evaluate``
+    each batch's frames, on all cores (FoldedSyncNet's ``across_cores``). Not safe to call ``evaluate``
     from several threads at once.
     """
 
@@ -181,15 +181,15 @@ class SyncNetEvaluator:
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self._syncnet_name = syncnet
         self._detector_name = detector
-        self.syncnets: dict[torch.dtype, FusedSyncNet] = {}  # loaded on first use, per number format
+        self.syncnets: dict[torch.dtype, FoldedSyncNet] = {}  # loaded on first use, per number format
         self.detectors: dict[torch.dtype, FaceDetector] = {}
         self._lock = threading.Lock()
 
-    def syncnet_for(self, dtype: torch.dtype = torch.float32) -> FusedSyncNet:
+    def syncnet_for(self, dtype: torch.dtype = torch.float32) -> FoldedSyncNet:
         with self._lock:
             if dtype not in self.syncnets:
                 model = load_syncnet(self._syncnet_name, device=self.device, weights_dir=self.weights_dir)
-                net = FusedSyncNet(model, across_cores=self.syncnet_across_cores).to(dtype)
+                net = FoldedSyncNet(model, across_cores=self.syncnet_across_cores).to(dtype)
                 if net.shares_frames():
                     load_kernels()  # the compiled loops now, not in the first video's time
                 self.syncnets[dtype] = net
@@ -206,7 +206,7 @@ class SyncNetEvaluator:
             return self.detectors[dtype]
 
     @property
-    def syncnet(self) -> FusedSyncNet:
+    def syncnet(self) -> FoldedSyncNet:
         """The float32 SyncNet (as published)."""
         return self.syncnet_for(torch.float32)
 

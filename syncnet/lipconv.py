@@ -1,7 +1,7 @@
 """The lip tower's first layer on a CPU in float32: Winograd F(3x3, 4x4) over the frames' 2x2 polyphase
 components, each frame's tiles made once for the five windows that hold it.
 
-That layer (see :mod:`syncnet.fused`) is a 7x7, stride-2, unpadded convolution of a window's 5 frames x
+That layer (see :mod:`syncnet.folded`) is a 7x7, stride-2, unpadded convolution of a window's 5 frames x
 3 colours = 15 channels to 96, then a ReLU; it is about half of the lip tower's arithmetic. A stride-2
 correlation is the sum, over the four (row, column) parities, of stride-1 correlations of the input's
 polyphase components (every other row and column: 112x112 of a 224 crop) with the kernel's taps of the
@@ -45,7 +45,7 @@ class WinogradLipConv(nn.Module):
     """``relu(conv(window))`` for every 5-frame window of a run of frames, from the frames themselves.
 
     ``conv``: the lip tower's first layer as a 2-D convolution over ``frames`` x C channels, time major
-    (:func:`syncnet.fused.fold_tower`), 7x7, stride 2, no padding.
+    (:func:`syncnet.folded.fold_tower`), 7x7, stride 2, no padding.
     """
 
     def __init__(self, conv: nn.Conv2d, frames: int) -> None:

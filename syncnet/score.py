@@ -55,7 +55,7 @@ def lip_windows(frames: np.ndarray, n: int) -> torch.Tensor:
         raise ValueError(f"need {n + WINDOW_FRAMES - 1} frames for {n} windows, got {frames.shape[0]}")
     clip = torch.from_numpy(np.ascontiguousarray(frames[: n + WINDOW_FRAMES - 1]))  # (n+4, H, W, 3) uint8
     height, width = clip.shape[1:3]
-    # (n, H, W, time, channel) memory, seen as (n, 3, 5, H, W): the layout syncnet.fused.FusedSyncNet
+    # (n, H, W, time, channel) memory, seen as (n, 3, 5, H, W): the layout syncnet.folded.FoldedSyncNet
     # reads as channels-last 2-D input without another copy; gathered as uint8, then made float in one pass
     windows = torch.empty(n, height, width, WINDOW_FRAMES, 3, dtype=torch.uint8)
     for t in range(WINDOW_FRAMES):

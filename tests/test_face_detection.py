@@ -11,7 +11,7 @@ from face_detection.boxes import wav2lip_rect
 from face_detection.detector import MIN_SIDE, FaceDetector, pooled_side
 from face_detection.s3fd import S3FD
 from face_detection.sfd_face import SFDFace, SFDOutput
-from face_detection.winograd import MIN_FUSED_CHANNELS, WinogradConv2d, runs_fused, use_winograd
+from face_detection.winograd import MIN_COMPILED_CHANNELS, WinogradConv2d, runs_compiled, use_winograd
 from tests.weightgen import golden_state_dict, manifest_entries
 
 HEAD_NAMES = [f"{kind}{level}" for level in range(1, 7) for kind in ("cls", "reg")]
@@ -39,7 +39,7 @@ class _OneThread(torch.nn.Module):
         before = torch.get_num_threads()
         torch.set_num_threads(1)
         try:
-            assert runs_fused(x.float(), 4)
+            assert runs_compiled(x.float(), 4)
             return fn(x)
         finally:
             torch.set_num_threads(before)
@@ -59,7 +59,7 @@ def _as_run(net: torch.nn.Module, how: str) -> torch.nn.Module:
         assert use_winograd(net) == 9
     if how == "one thread":
         net = net.to(memory_format=torch.channels_last)
-        assert use_winograd(net, min_fused=MIN_FUSED_CHANNELS) == 12
+        assert use_winograd(net, min_compiled=MIN_COMPILED_CHANNELS) == 12
     if how != "direct" and isinstance(net, SFDFace):
         net.use_rewrites()
         net.strip_values = 1 << 16  # the first blocks in strips of a few rows, even on the golden 160x160
@@ -348,7 +348,7 @@ def test_detector_halves_batch_on_out_of_memory_on_all_cores(s3fd_sd):
 
 def test_detector_winograd_option(s3fd_sd):
     def blocks(det: FaceDetector) -> list[tuple[int, bool]]:
-        return [(m.block, m.fused_only) for m in det.net.modules() if isinstance(m, WinogradConv2d)]
+        return [(m.block, m.compiled_only) for m in det.net.modules() if isinstance(m, WinogradConv2d)]
 
     assert blocks(FaceDetector(s3fd_sd)) == []  # direct convolutions unless asked, as load_detector
     # conv1_2, conv2_1 and conv2_2 only where the compiled tile transforms run, then the 9 wide layers

@@ -119,7 +119,7 @@ def test_load_detector_runs_winograd_layers_only_when_asked(weights_dir):
     det = load_detector(weights_dir / "s3fd.pth", "s3fd", winograd=4)
     layers = [m for m in det.net.modules() if isinstance(m, WinogradConv2d)]
     # the 9 wide layers, and the 3 first ones where the compiled tile transforms run (one thread)
-    assert len(layers) == 12 and sum(m.fused_only for m in layers) == 3
+    assert len(layers) == 12 and sum(m.compiled_only for m in layers) == 3
 
 
 @pytest.mark.parametrize("detection", ["fast", "original"])

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from syncnet import lipconv, score
 from syncnet.embed import LipWindows
 from syncnet.evaluate import SyncNetEvaluator
-from syncnet.fused import FusedSyncNet
+from syncnet.folded import FoldedSyncNet
 from syncnet.lipconv import WinogradLipConv
 from syncnet.model import load_syncnet
 
@@ -21,7 +21,7 @@ FRAMES = 5
 
 
 def direct(conv: torch.nn.Conv2d, frames: torch.Tensor, n: int) -> torch.Tensor:
-    """relu(conv) of each window frames[w:w + 5] (channels time major, as syncnet.fused builds them), float64."""
+    """relu(conv) of each window frames[w:w + 5] (channels time major, as syncnet.folded builds them), float64."""
     height, width, colours = frames.shape[1:]
     windows = torch.stack([frames[w:w + FRAMES] for w in range(n)])  # (n, T, H, W, C)
     x = windows.permute(0, 2, 3, 1, 4).reshape(n, height, width, FRAMES * colours).permute(0, 3, 1, 2)
@@ -90,8 +90,8 @@ def model(weights_dir: Path):
 def test_forward_lip_frames_matches_golden_and_forward_lip(model, golden, torch_threads):
     torch_threads(2)
     g = golden("syncnet_embeddings")
-    net = FusedSyncNet(model, across_cores=True)
-    assert net.shares_frames() and not FusedSyncNet(model).shares_frames()
+    net = FoldedSyncNet(model, across_cores=True)
+    assert net.shares_frames() and not FoldedSyncNet(model).shares_frames()
     with torch.inference_mode():
         # each golden window is 5 frames of its own: one window from each
         lip = torch.cat([net.forward_lip_frames(window.transpose(1, 2, 3, 0), 1) for window in g["lip_input_u8"]])
@@ -107,7 +107,7 @@ def test_forward_lip_frames_matches_golden_and_forward_lip(model, golden, torch_
 
 def test_other_number_formats_keep_the_direct_layer(weights_dir):
     # a model of its own: the folded net shares the model's heads, which .to() converts
-    net = FusedSyncNet(load_syncnet(weights_dir=weights_dir), across_cores=True).to(torch.bfloat16)
+    net = FoldedSyncNet(load_syncnet(weights_dir=weights_dir), across_cores=True).to(torch.bfloat16)
     assert not net.shares_frames()
     with pytest.raises(RuntimeError, match="float32 on a CPU"):
         net.forward_lip_frames(np.zeros((5, 224, 224, 3), np.uint8), 1)
@@ -118,7 +118,7 @@ def test_streamed_windows_are_the_same_either_way(model, torch_threads):
     frames = np.random.default_rng(1).integers(0, 256, (13, 224, 224, 3), dtype=np.uint8)
     feats = []
     for across in (False, True):
-        stream = LipWindows(FusedSyncNet(model, across_cores=across), torch.device("cpu"), 3, limit=8)
+        stream = LipWindows(FoldedSyncNet(model, across_cores=across), torch.device("cpu"), 3, limit=8)
         for frame in frames:
             stream.push(frame)
         feats.append(stream.finish())

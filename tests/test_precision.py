@@ -19,11 +19,11 @@ from common.errors import InputError
 from face_detection.detector import FaceDetector
 from face_detection.sfd_face import SFDFace
 from face_detection.tracking import iou
-from lipsync.fused import load_folded_wav2lip
+from lipsync.folded import load_folded_wav2lip
 from lipsync.model import generate, load_wav2lip
 from lipsync.options import LipSyncOptions
 from lipsync.pipeline import LipSync
-from syncnet.fused import FusedSyncNet
+from syncnet.folded import FoldedSyncNet
 from syncnet.model import load_syncnet
 from syncnet.options import EvalOptions
 
@@ -102,7 +102,7 @@ def test_syncnet_bf16_embeddings_within_one_and_a_half_percent(weights_dir, gold
     mfcc = torch.from_numpy(g["audio_input"])
     feats = {}
     for dt in (FP32, BF16):
-        net = FusedSyncNet(load_syncnet(weights_dir / "syncnet_v2.model")).to(dt)
+        net = FoldedSyncNet(load_syncnet(weights_dir / "syncnet_v2.model")).to(dt)
         with torch.inference_mode():
             feats[dt] = (net.forward_lip(lip.to(dt)).float(), net.forward_aud(mfcc.to(dt)).float())
     for a, b in zip(feats[FP32], feats[BF16], strict=True):

@@ -17,7 +17,7 @@ from common.errors import InputError, WeightsError
 from syncnet import crops, scenes, score
 from syncnet.embed import LipWindows
 from syncnet.evaluate import EvalOptions, to_int16
-from syncnet.fused import FusedSyncNet, fold_tower
+from syncnet.folded import FoldedSyncNet, fold_tower
 from syncnet.mfcc import frame_count, mfcc
 from syncnet.model import SyncNet, load_syncnet
 
@@ -54,13 +54,13 @@ def test_embeddings_match_golden(syncnet_model: SyncNet, golden):
     assert rel_err(aud, g["audio_embedding"]) < 1e-4
 
 
-def test_fused_model_matches_golden(syncnet_model: SyncNet, golden):
+def test_folded_model_matches_golden(syncnet_model: SyncNet, golden):
     """The evaluator's folded, 2-D net gives the golden embeddings too, and the model's own to ~1e-5."""
     g = golden("syncnet_embeddings")
-    fused = FusedSyncNet(syncnet_model)
+    folded = FoldedSyncNet(syncnet_model)
     lip_in, aud_in = torch.from_numpy(g["lip_input_u8"].astype(np.float32)), torch.from_numpy(g["audio_input"])
     with torch.inference_mode():
-        lip, aud = fused.forward_lip(lip_in).numpy(), fused.forward_aud(aud_in).numpy()
+        lip, aud = folded.forward_lip(lip_in).numpy(), folded.forward_aud(aud_in).numpy()
         assert rel_err(lip, syncnet_model.forward_lip(lip_in).numpy()) < 1e-5
         assert rel_err(aud, syncnet_model.forward_aud(aud_in).numpy()) < 1e-5
     assert rel_err(lip, g["lip_embedding"]) < 1e-4
@@ -68,7 +68,7 @@ def test_fused_model_matches_golden(syncnet_model: SyncNet, golden):
     # folding copies: the model itself is unchanged
     assert any(isinstance(m, torch.nn.BatchNorm3d) for m in syncnet_model.netcnnlip)
     assert not any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm | torch.nn.Conv3d)
-                   for m in [*fused.lip_cnn, *fused.aud_cnn])
+                   for m in [*folded.lip_cnn, *folded.aud_cnn])
 
 
 @pytest.mark.parametrize(("n", "extra"), [(1, 0), (3, 0), (5, 2)])
@@ -77,7 +77,7 @@ def test_lip_windows_values_and_layout(n: int, extra: int):
     windows = score.lip_windows(frames, n)
     expected = torch.stack([torch.from_numpy(frames[i:i + 5]).permute(3, 0, 1, 2) for i in range(n)]).float()
     torch.testing.assert_close(windows, expected, rtol=0, atol=0)
-    # (B, H, W, time, channel) in memory: FusedSyncNet reshapes it to 2-D input without a copy
+    # (B, H, W, time, channel) in memory: FoldedSyncNet reshapes it to 2-D input without a copy
     assert windows.permute(0, 3, 4, 2, 1).is_contiguous()
     with pytest.raises(ValueError, match="need 9 frames for 5 windows"):
         score.lip_windows(frames[:8], 5)

@@ -328,7 +328,7 @@ def test_evaluator_detector_is_sfd_face_with_winograd_and_checks_the_file(weight
     det = SyncNetEvaluator(weights_dir, device="cpu").detector
     assert det.variant == "sfd_face"
     layers = [m for m in det.net.modules() if isinstance(m, WinogradConv2d)]
-    assert len(layers) == 12 and sum(m.fused_only for m in layers) == 3  # see face_detection.winograd
+    assert len(layers) == 12 and sum(m.compiled_only for m in layers) == 3  # see face_detection.winograd
     with pytest.raises(WeightsError, match=r"s3fd.pth: sfd_face checkpoint does not fit"):
         SyncNetEvaluator(weights_dir, device="cpu", detector=weights_dir / "s3fd.pth").detector  # noqa: B018
 

@@ -13,7 +13,7 @@ from face_detection.sfd_face import SFDFace
 from face_detection.winograd import (
     WinogradConv2d,
     conv3x3,
-    runs_fused,
+    runs_compiled,
     transform_kernel,
     transform_matrices,
     use_winograd,
@@ -131,7 +131,7 @@ def test_compiled_tile_transforms_equal_direct_convolution(one_thread, batch, ci
     x = torch.randn(batch, cin, height, width, generator=gen)
     w = torch.randn(cout, cin, 3, 3, generator=gen)
     b = torch.randn(cout, generator=gen) if with_bias else None
-    assert runs_fused(x, 4) and not runs_fused(x, 2) and not runs_fused(x.double(), 4)
+    assert runs_compiled(x, 4) and not runs_compiled(x, 2) and not runs_compiled(x.double(), 4)
     ref = F.conv2d(x.double(), w.double(), None if b is None else b.double(), padding=1)
     out = conv3x3(x, transform_kernel(w, 4), b)
     assert out.shape == ref.shape and out.is_contiguous(memory_format=torch.channels_last)
@@ -147,7 +147,7 @@ def test_compiled_tile_transforms_in_parts_and_strips(one_thread, monkeypatch, s
 
     # 11x21 maps: 3 x 6 tiles; a tile row of 7 channels is 36 x 6 x 7 x 4 = 6048 bytes, as much as the
     # kernel, so the strips are the whole map, one tile row, or two and then one
-    monkeypatch.setattr(winograd, "FUSED_STRIP_BYTES", strip_bytes)
+    monkeypatch.setattr(winograd, "COMPILED_STRIP_BYTES", strip_bytes)
     calls = []
     real = winograd_kernels.input_tiles
     monkeypatch.setattr(winograd_kernels, "input_tiles",
@@ -165,7 +165,7 @@ def test_fused_only_layers_are_direct_convolutions_on_more_threads(monkeypatch):
     from face_detection import winograd_kernels
 
     conv = torch.nn.Conv2d(64, 64, 3, padding=1).to(memory_format=torch.channels_last)
-    module = WinogradConv2d(conv, fused_only=True)
+    module = WinogradConv2d(conv, compiled_only=True)
     x = torch.randn(1, 64, 10, 12).contiguous(memory_format=torch.channels_last)
     calls = []
     real = winograd_kernels.output_map
@@ -187,12 +187,12 @@ def test_fused_only_layers_are_direct_convolutions_on_more_threads(monkeypatch):
 
 def test_use_winograd_with_the_compiled_transforms_converts_the_first_layers_too():
     net = SFDFace.from_state_dict(golden_state_dict("sfd_face.json"))
-    assert use_winograd(net, min_fused=64) == 12
-    fused_only = sorted((m.in_channels, m.out_channels) for m in net.modules()
-                        if isinstance(m, WinogradConv2d) and m.fused_only)
-    assert fused_only == [(64, 64), (64, 128), (128, 128)]  # conv1_1 (3 channels in) stays direct
+    assert use_winograd(net, min_compiled=64) == 12
+    compiled_only = sorted((m.in_channels, m.out_channels) for m in net.modules()
+                        if isinstance(m, WinogradConv2d) and m.compiled_only)
+    assert compiled_only == [(64, 64), (64, 128), (128, 128)]  # conv1_1 (3 channels in) stays direct
     net = SFDFace.from_state_dict(golden_state_dict("sfd_face.json"))
-    assert use_winograd(net, block=2, min_fused=64) == 9  # the compiled transforms are F(4x4, 3x3) only
+    assert use_winograd(net, block=2, min_compiled=64) == 9  # the compiled transforms are F(4x4, 3x3) only
 
 
 @pytest.mark.parametrize(("height", "width", "cin", "cout", "strip"), [(6, 6, 1, 1, 1), (11, 9, 5, 7, 1),

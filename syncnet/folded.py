@@ -86,7 +86,7 @@ def _copy_conv2d(conv: nn.Conv2d) -> nn.Conv2d:
     return out
 
 
-class FusedSyncNet(nn.Module):
+class FoldedSyncNet(nn.Module):
     """``forward_lip`` / ``forward_aud`` of a loaded :class:`SyncNet`, for inference only: both conv
     towers folded (:func:`fold_tower`), the lip tower 2-D and channels-last; the heads are the model's.
 

@@ -1,4 +1,4 @@
-"""The folded Wav2Lip generator (lipsync.fused): the golden numbers, and the model's own to float32 rounding."""
+"""The folded Wav2Lip generator (lipsync.folded): the golden numbers, and the model's own to float32 rounding."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from torch import nn
 from common import precision, weights
 from common.folding import fold_batch_norm
 from face_detection.winograd import WinogradConv2d
-from lipsync.fused import (
+from lipsync.folded import (
     WINOGRAD_BLOCKS,
     WINOGRAD_TILE_BYTES,
     FoldedConv,
