@@ -1,4 +1,4 @@
-"""The app's limits and serving knobs, read from the environment once, and the limits applied to a file."""
+"""The app's limits and serving knobs, read from the environment, and the limits applied to a file."""
 
 from __future__ import annotations
 
