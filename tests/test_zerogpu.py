@@ -23,6 +23,7 @@ import numpy as np
 import pytest
 
 import app as app_module
+from lipsync.options import CHECKPOINTS, LipSyncOptions
 from media.io import VideoWriter, audio_duration, probe
 from tests.test_app import CLIP, FAST, SPEECH
 
@@ -76,6 +77,8 @@ def zero(monkeypatch, weights_dir):
     spaces = StandInSpaces()
     monkeypatch.setitem(sys.modules, "spaces", spaces)
     module = importlib.reload(app_module)
+    # a process of its own, as a Space's: no models loaded and no scores kept by earlier tests
+    monkeypatch.setattr(module.Models, "_shared", None)
     yield module, spaces
     monkeypatch.undo()
     importlib.reload(app_module)
@@ -154,11 +157,11 @@ def test_preload_loads_both_checkpoints_and_every_network(weights_dir):
     models = app_module.Models(weights_dir=str(weights_dir), device="cpu")
     models.preload()
     engine, evaluator = models.engine(), models.evaluator()
-    assert {key[0] for key in engine._generators} == set(app_module.CHECKPOINTS)
+    assert {key[0] for key in engine._generators} == set(CHECKPOINTS)
     loaded = dict(engine._generators)
     for chosen in ("fp32", "auto"):  # what a request asks for is already there: nothing new is loaded
-        for checkpoint in app_module.CHECKPOINTS:
-            options = app_module.LipSyncOptions(checkpoint=checkpoint, precision=chosen)
+        for checkpoint in CHECKPOINTS:
+            options = LipSyncOptions(checkpoint=checkpoint, precision=chosen)
             assert any(engine.generator_for(options) is model for model in loaded.values())
     assert engine._generators == loaded
     assert engine._detectors and evaluator.syncnets and evaluator.detectors
